@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="instseg",
+    version="0.1.0",
+    description="Instance segmentation with Detectron2's Mask R-CNN: fine-tune, predict, annotate videos",
+    packages=find_packages(include=["instseg", "instseg.*"]),
+    python_requires=">=3.10",
+    # Detectron2 is not on PyPI: scripts/install_detectron2.py installs it (see README).
+    install_requires=[
+        "torch",
+        "torchvision",
+        "numpy",
+        "opencv-python-headless",
+        "pycocotools",
+        "fvcore",
+        "iopath",
+        "tqdm",
+        "matplotlib",
+        "av",
+        "faster-coco-eval",
+    ],
+    extras_require={"test": ["pytest", "ruff"]},
+    entry_points={"console_scripts": ["instseg = instseg.cli:main"]},
+)
