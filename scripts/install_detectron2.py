@@ -16,7 +16,6 @@ import hashlib
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,7 +62,12 @@ def strip_wheel(wheel: Path, out_dir: Path) -> Path:
         for item in src.infolist():
             path = item.filename
             keep = path.startswith(("detectron2/", dist_info + "/"))
-            if not keep or "/__pycache__/" in path or re.search(r"detectron2/_C\..*\.so$", path) or path.endswith("/RECORD"):
+            if (
+                not keep
+                or "/__pycache__/" in path
+                or re.search(r"detectron2/_C\..*\.so$", path)
+                or path.endswith("/RECORD")
+            ):
                 continue
             data = src.read(item)
             if path == f"{dist_info}/top_level.txt":
@@ -85,11 +89,20 @@ def install_fallback() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
         pip(
-            "download", "--quiet", "--no-deps", "--only-binary=:all:", "--python-version", "3.10",
-            "--dest", str(tmp_dir / "download"), FALLBACK_REQUIREMENT,
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.10",
+            "--dest",
+            str(tmp_dir / "download"),
+            FALLBACK_REQUIREMENT,
         )
         (wheel,) = (tmp_dir / "download").glob("*.whl")
-        pip("install", "--quiet", "--no-deps", "--force-reinstall", str(strip_wheel(wheel, tmp_dir)))
+        pip(
+            "install", "--quiet", "--no-deps", "--force-reinstall", str(strip_wheel(wheel, tmp_dir))
+        )
 
 
 def main() -> None:
@@ -107,7 +120,9 @@ def main() -> None:
     else:
         print(f"DETECTRON2_SOURCE not set; installing {FALLBACK_REQUIREMENT} (Python code only)")
         install_fallback()
-    subprocess.check_call([sys.executable, "-c", "import detectron2; print('detectron2', detectron2.__version__)"])
+    subprocess.check_call(
+        [sys.executable, "-c", "import detectron2; print('detectron2', detectron2.__version__)"]
+    )
 
 
 if __name__ == "__main__":

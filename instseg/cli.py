@@ -1,0 +1,192 @@
+"""The ``instseg`` command line. Stage modules are imported inside each command, so ``--help``
+and ``doctor`` stay fast and a broken optional stage cannot break the others."""
+
+import argparse
+import logging
+import sys
+import warnings
+
+logger = logging.getLogger("instseg")
+
+# Known import-time noise from dependencies that users cannot act on.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    from detectron2.utils.logger import setup_logger
+
+    level = logging.DEBUG if verbose else logging.INFO
+    setup_logger(name="instseg", abbrev_name="instseg", configure_stdout=True).setLevel(level)
+    setup_logger(name="detectron2", abbrev_name="d2", configure_stdout=True).setLevel(level)
+    setup_logger(name="fvcore", configure_stdout=True).setLevel(logging.WARNING)
+
+
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        required=required,
+        metavar="FILE",
+        help="project YAML; repeat to merge several (later wins)",
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="overrides")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from instseg.doctor import collect_environment, format_environment
+
+    print(format_environment(collect_environment()))
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from instseg.config import build_cfg
+
+    print(build_cfg(args.config, args.opts).dump(), end="")
+    return 0
+
+
+def cmd_dataset_validate(args: argparse.Namespace) -> int:
+    from instseg.validation import has_errors, validate_coco_dataset
+
+    problems = validate_coco_dataset(args.json, args.images)
+    for problem in problems:
+        print(problem)
+    errors = sum(p.severity == "error" for p in problems)
+    print(f"{args.json}: {errors} error(s), {len(problems) - errors} warning(s)")
+    return 1 if has_errors(problems) else 0
+
+
+def cmd_dataset_stats(args: argparse.Namespace) -> int:
+    from instseg.validation import format_dataset_stats, load_dataset_stats
+
+    print(format_dataset_stats(load_dataset_stats(args.json)))
+    return 0
+
+
+def cmd_dataset_sample(args: argparse.Namespace) -> int:
+    from instseg.sample_data import write_sample_dataset
+
+    kwargs = {"seed": args.seed}
+    if args.num_train is not None:
+        kwargs["num_train"] = args.num_train
+    if args.num_val is not None:
+        kwargs["num_val"] = args.num_val
+    sample = write_sample_dataset(args.out, **kwargs)
+    print(f"train: {sample.train_json} ({sample.train_images})")
+    print(f"val:   {sample.val_json} ({sample.val_images})")
+    print(f"classes: {', '.join(sample.class_names)}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from instseg.train import TrainRequest, launch_training
+
+    request = TrainRequest(
+        config_files=args.config,
+        opts=args.opts,
+        output_dir=args.output,
+        weights=args.weights,
+        resume=args.resume,
+    )
+    results = launch_training(
+        request,
+        num_gpus=args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+    )
+    if results:
+        from instseg.evaluate import format_ap_table
+
+        print(format_ap_table(results))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from instseg.evaluate import EvalRequest, format_ap_table, format_per_class_ap, run_evaluation
+
+    request = EvalRequest(
+        config_files=args.config,
+        opts=args.opts,
+        weights=args.weights,
+        dataset=args.dataset,
+        output_dir=args.output,
+    )
+    results, results_path = run_evaluation(request)
+    print(format_ap_table(results))
+    print(format_per_class_ap(results))
+    print(f"results: {results_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="instseg",
+        description="Fine-tune Detectron2's Mask R-CNN on COCO-format data, predict image "
+        "folders, annotate videos.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    doctor = commands.add_parser("doctor", help="print versions, device and available features")
+    doctor.set_defaults(func=cmd_doctor)
+
+    config = commands.add_parser("config", help="inspect merged configs")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", help="print the merged config")
+    _add_config_args(show)
+    show.set_defaults(func=cmd_config_show)
+
+    dataset = commands.add_parser("dataset", help="check, summarise or generate COCO datasets")
+    dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True)
+    validate = dataset_commands.add_parser("validate", help="report every problem in a dataset")
+    validate.add_argument("--json", required=True, help="COCO instances JSON")
+    validate.add_argument("--images", required=True, help="image root folder")
+    validate.set_defaults(func=cmd_dataset_validate)
+    stats = dataset_commands.add_parser("stats", help="per-class counts and object sizes")
+    stats.add_argument("--json", required=True, help="COCO instances JSON")
+    stats.set_defaults(func=cmd_dataset_stats)
+    sample = dataset_commands.add_parser("sample", help="write the built-in sample dataset")
+    sample.add_argument("--out", required=True, help="output folder")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--num-train", type=int, default=None)
+    sample.add_argument("--num-val", type=int, default=None)
+    sample.set_defaults(func=cmd_dataset_sample)
+
+    train = commands.add_parser("train", help="fine-tune Mask R-CNN on the config's datasets")
+    train.add_argument("--output", help="run folder (OUTPUT_DIR)")
+    train.add_argument("--weights", help="initial weights: zoo config name, URL or file")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
+    train.add_argument("--num-machines", type=int, default=1)
+    train.add_argument("--machine-rank", type=int, default=0)
+    train.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0")
+    _add_config_args(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="COCO bbox/segm AP of a checkpoint")
+    evaluate.add_argument("--weights", required=True, help="checkpoint to evaluate")
+    evaluate.add_argument("--dataset", help="registered dataset name (default: the val set)")
+    evaluate.add_argument("--output", help="folder for results (default: beside the weights)")
+    _add_config_args(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from instseg.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

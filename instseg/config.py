@@ -1,0 +1,192 @@
+"""Config building: Detectron2 defaults, a model-zoo base, project YAMLs, then command-line overrides.
+
+Every key instseg adds lives under ``cfg.INSTSEG`` and is declared once in
+:func:`add_instseg_config`. :func:`build_cfg` is the only place configs are merged, always in the
+same order, and it returns a frozen node: callers ``clone()`` before any local change.
+"""
+
+import difflib
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from detectron2 import model_zoo
+from detectron2.config import CfgNode, get_cfg
+
+from instseg.writers import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+# Repository folder holding the project YAMLs; `configs/NAME.yaml` may be given as NAME alone.
+PROJECT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be merged; the message is one line for the user."""
+
+
+def add_instseg_config(cfg: CfgNode) -> None:
+    """Declare every key instseg adds to Detectron2's config, each once, with its meaning."""
+    _C = cfg
+    _C.INSTSEG = CfgNode()
+    # Model-zoo config merged right after Detectron2's defaults, e.g.
+    # "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml". Empty: no zoo base.
+    _C.INSTSEG.MODEL_ZOO_CONFIG = ""
+    # Class names of the model, in contiguous-id order. Filled from the training JSON's categories
+    # by `instseg.datasets.register_datasets` and saved in every run's config.yaml, so inference
+    # draws the fine-tuned classes instead of COCO's 80.
+    _C.INSTSEG.THING_CLASSES = []
+
+    # COCO-format datasets: a split with a NAME is registered under that name with Detectron2's
+    # COCO loader. TRAIN becomes DATASETS.TRAIN; VAL becomes DATASETS.TEST (evaluated during
+    # training); TEST is evaluated only on request (`instseg eval --dataset`).
+    _C.INSTSEG.DATASETS = CfgNode()
+    for split in ("TRAIN", "VAL", "TEST"):
+        node = CfgNode()
+        node.NAME = ""
+        node.JSON = ""  # path to the COCO instances JSON
+        node.IMAGES = ""  # folder the JSON's file_name entries are relative to
+        _C.INSTSEG.DATASETS[split] = node
+
+    _C.INSTSEG.TRAIN = CfgNode()
+    # Compute the loss on the validation set at each evaluation (Detectron2 logs only AP).
+    _C.INSTSEG.TRAIN.VAL_LOSS = True
+    # Cap on validation images used for the validation loss (0: all of them).
+    _C.INSTSEG.TRAIN.VAL_LOSS_MAX_IMAGES = 0
+    # Metric (key in the evaluator's flattened results) that selects model_best.pth.
+    _C.INSTSEG.TRAIN.BEST_METRIC = "segm/AP"
+    # Write training_curves.png after each evaluation and at the end of training.
+    _C.INSTSEG.TRAIN.PLOT_CURVES = True
+
+    _C.INSTSEG.PREDICT = CfgNode()
+    # Images per forward pass; instances are the same as with DefaultPredictor.
+    _C.INSTSEG.PREDICT.BATCH_SIZE = 1
+    # Keep only these class names (empty: all classes).
+    _C.INSTSEG.PREDICT.CLASSES = []
+    # Draw annotated images / videos.
+    _C.INSTSEG.PREDICT.RENDER = True
+    # "visualizer" (Detectron2's Visualizer / VideoVisualizer), "fast" (OpenCV drawing of the
+    # same masks, boxes, labels and colours) or "auto" (fast for videos, visualizer for images).
+    _C.INSTSEG.PREDICT.RENDERER = "auto"
+    # Write one PNG per image whose pixel values are instance ids (0 = background).
+    _C.INSTSEG.PREDICT.SAVE_MASKS = False
+    # Bounded queue length between pipeline stages; memory stays flat for any input size.
+    _C.INSTSEG.PREDICT.QUEUE_SIZE = 8
+
+    _C.INSTSEG.VIDEO = CfgNode()
+    # "auto" (H.264 through PyAV when available, else OpenCV mp4v), "h264" or "mp4v".
+    _C.INSTSEG.VIDEO.CODEC = "auto"
+    # Process every N-th frame.
+    _C.INSTSEG.VIDEO.FRAME_STRIDE = 1
+    # Time range in seconds (negative: from the start / to the end).
+    _C.INSTSEG.VIDEO.START = -1.0
+    _C.INSTSEG.VIDEO.END = -1.0
+    # Stop after this many processed frames (0: no limit).
+    _C.INSTSEG.VIDEO.MAX_FRAMES = 0
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """A config path as given, else the same name under the repository's ``configs/``."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    for name in (candidate, Path(f"{candidate}.yaml")):
+        shipped = PROJECT_CONFIG_DIR / name
+        if shipped.is_file():
+            return shipped
+    raise ConfigError(f"{path}: config file not found")
+
+
+def build_cfg(
+    config_files: Sequence[str | os.PathLike] = (), opts: Sequence[str] = (), freeze: bool = True
+) -> CfgNode:
+    """Merge, in this order: Detectron2 defaults, the model-zoo base named by the project YAMLs
+    (``INSTSEG.MODEL_ZOO_CONFIG``), each project YAML (later wins; ``_BASE_`` works between
+    them), then ``KEY VALUE`` overrides. An unknown key is a :class:`ConfigError` naming the key,
+    where it came from and the closest valid key.
+    """
+    if len(opts) % 2:
+        raise ConfigError(f"command line: overrides must be KEY VALUE pairs, got {list(opts)}")
+    cfg = get_cfg()
+    add_instseg_config(cfg)
+    cfg.MODEL.DEVICE = default_device()
+
+    paths = [resolve_config_path(path) for path in config_files]
+    zoo_config = _zoo_config_name(paths, opts)
+    if zoo_config:
+        try:
+            zoo_file = model_zoo.get_config_file(zoo_config)
+        except RuntimeError as e:
+            raise ConfigError(f"INSTSEG.MODEL_ZOO_CONFIG: {e}") from None
+        _merge(cfg, f"model zoo {zoo_config}", lambda: cfg.merge_from_file(zoo_file))
+        cfg.INSTSEG.MODEL_ZOO_CONFIG = zoo_config
+    for path in paths:
+        _merge(cfg, str(path), lambda path=path: cfg.merge_from_file(str(path)))
+    _merge(cfg, "command line", lambda: cfg.merge_from_list(list(opts)))
+    _apply_dataset_names(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def _zoo_config_name(paths: Iterable[Path], opts: Sequence[str]) -> str:
+    """The last ``INSTSEG.MODEL_ZOO_CONFIG`` set by a project YAML (with its bases) or override."""
+    name = ""
+    for path in paths:
+        loaded = CfgNode.load_yaml_with_base(str(path), allow_unsafe=True) or {}
+        name = (loaded.get("INSTSEG") or {}).get("MODEL_ZOO_CONFIG", name)
+    for key, value in zip(opts[0::2], opts[1::2], strict=True):
+        if key == "INSTSEG.MODEL_ZOO_CONFIG":
+            name = value
+    return name
+
+
+def _merge(cfg: CfgNode, source: str, merge) -> None:
+    try:
+        merge()
+    except (KeyError, AssertionError, ValueError) as e:
+        message = str(e.args[0]) if e.args else str(e)
+        unknown = _UNKNOWN_KEY.search(message)
+        if unknown:
+            key = unknown.group(1)
+            raise ConfigError(
+                f"{source}: unknown config key {key}{_suggestion(cfg, key)}"
+            ) from None
+        raise ConfigError(f"{source}: {message}") from None
+
+
+def _suggestion(cfg: CfgNode, key: str) -> str:
+    matches = difflib.get_close_matches(key, list(_flat_keys(cfg)), n=1, cutoff=0.6)
+    return f"; did you mean {matches[0]}?" if matches else ""
+
+
+def _flat_keys(node: CfgNode, prefix: str = "") -> Iterable[str]:
+    for key, value in node.items():
+        full_key = f"{prefix}{key}"
+        if isinstance(value, CfgNode):
+            yield from _flat_keys(value, f"{full_key}.")
+        else:
+            yield full_key
+
+
+def _apply_dataset_names(cfg: CfgNode) -> None:
+    """Declared datasets decide what Detectron2 trains and evaluates on."""
+    declared = cfg.INSTSEG.DATASETS
+    if declared.TRAIN.NAME:
+        cfg.DATASETS.TRAIN = (declared.TRAIN.NAME,)
+    if declared.VAL.NAME:
+        cfg.DATASETS.TEST = (declared.VAL.NAME,)
+
+
+def save_cfg(cfg: CfgNode, path: str | os.PathLike) -> Path:
+    """Write the merged config atomically, so a run folder always holds a loadable config.yaml."""
+    return atomic_write_text(path, cfg.dump())

@@ -1,0 +1,69 @@
+"""Environment report: versions, device, and which features Detectron2's compiled ops change."""
+
+import importlib.metadata
+import platform
+import sys
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def has_compiled_ops() -> bool:
+    """Whether Detectron2's C++/CUDA extension loads (absent with the pure-Python install)."""
+    try:
+        from detectron2 import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def collect_environment() -> list[tuple[str, str]]:
+    import cv2
+    import detectron2
+    import numpy
+    import torch
+    import torchvision
+
+    from instseg import __version__
+    from instseg.config import default_device
+
+    rows = [
+        ("instseg", __version__),
+        ("Python", f"{platform.python_version()} ({sys.executable})"),
+        ("torch", torch.__version__),
+        ("torchvision", torchvision.__version__),
+        ("Detectron2", f"{detectron2.__version__} ({detectron2.__file__.rsplit('/', 2)[0]})"),
+        ("OpenCV", cv2.__version__),
+        ("numpy", numpy.__version__),
+        ("pycocotools", _version("pycocotools")),
+        ("faster-coco-eval", _version("faster-coco-eval")),
+        ("PyAV", _version("av")),
+        ("CPU threads", str(torch.get_num_threads())),
+    ]
+    device = default_device()
+    if device == "cuda":
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        rows.append(("device", f"cuda ({names}; CUDA {torch.version.cuda})"))
+    else:
+        rows.append(("device", "cpu (no CUDA device visible)"))
+
+    compiled = has_compiled_ops()
+    rows.append(("Detectron2 compiled ops", "present" if compiled else "absent"))
+    if compiled:
+        rows.append(("features", "all Detectron2 features available"))
+    else:
+        rows += [
+            ("  COCO evaluation", "faster-coco-eval instead of Detectron2's COCOeval_opt"),
+            ("  unavailable", "rotated boxes (RRPN/rotated NMS), deformable convolution"),
+            ("  unaffected", "Mask R-CNN training, inference, evaluation, rendering"),
+        ]
+    return rows
+
+
+def format_environment(rows: list[tuple[str, str]]) -> str:
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)

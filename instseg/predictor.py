@@ -1,0 +1,117 @@
+"""The model side of inference, shared by image folders and videos.
+
+:class:`BatchPredictor` is Detectron2's ``DefaultPredictor`` split into its two halves,
+preprocessing (resize, to tensor: runs in a worker thread) and the forward pass (several images
+per call), giving the same instances as ``DefaultPredictor.__call__`` on each image.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.engine import DefaultPredictor
+from detectron2.structures import Instances
+
+from instseg.config import ConfigError, build_cfg
+from instseg.weights import resolve_weights
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelInput:
+    """One preprocessed image: what the model takes, plus the size to map predictions back to."""
+
+    image: torch.Tensor  # C x H' x W' float32, resized, in the model's channel order
+    height: int  # original height
+    width: int  # original width
+
+    def as_dict(self) -> dict:
+        return {"image": self.image, "height": self.height, "width": self.width}
+
+
+class BatchPredictor(DefaultPredictor):
+    """DefaultPredictor that preprocesses separately and runs several images per forward pass."""
+
+    def preprocess(self, image_bgr: np.ndarray) -> ModelInput:
+        """image_bgr (np.ndarray): H x W x 3 uint8 in BGR order, as cv2.imread returns it."""
+        image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
+        height, width = image.shape[:2]
+        resized = self.aug.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
+        return ModelInput(tensor, height, width)
+
+    @torch.inference_mode()
+    def predict(self, inputs: Sequence[ModelInput]) -> list[Instances]:
+        """Forward a batch; returns each image's Instances on the CPU, in input order.
+
+        Images of different resized shapes are run in separate passes: padding them to a common
+        size would change the features near their borders, so results would differ from
+        DefaultPredictor's.
+        """
+        results: list[Instances | None] = [None] * len(inputs)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, item in enumerate(inputs):
+            groups.setdefault(tuple(item.image.shape), []).append(index)
+        device = self.cfg.MODEL.DEVICE
+        for indices in groups.values():
+            batch = []
+            for i in indices:
+                item = inputs[i].as_dict()
+                item["image"] = item["image"].to(device)
+                batch.append(item)
+            for i, output in zip(indices, self.model(batch), strict=True):
+                results[i] = output["instances"].to("cpu")
+        return results
+
+
+def load_model_config(
+    config_files: Sequence[str], weights: str | None, opts: Sequence[str] = ()
+) -> CfgNode:
+    """The inference config: project YAMLs and overrides, with ``weights`` resolved to a file.
+
+    Class names come from the config (``INSTSEG.THING_CLASSES``), else from the ``config.yaml``
+    that training wrote beside the checkpoint, so drawings name the fine-tuned classes.
+    """
+    opts = list(opts)
+    if weights:
+        opts += ["MODEL.WEIGHTS", weights]
+    cfg = build_cfg(config_files, opts, freeze=False)
+    if not cfg.MODEL.WEIGHTS:
+        raise ConfigError("no weights: pass --weights FILE (a checkpoint from instseg train)")
+    run_config = Path(cfg.MODEL.WEIGHTS).parent / "config.yaml"
+    if not cfg.INSTSEG.THING_CLASSES and run_config.is_file():
+        trained = CfgNode.load_yaml_with_base(str(run_config), allow_unsafe=True) or {}
+        classes = (trained.get("INSTSEG") or {}).get("THING_CLASSES") or []
+        if classes:
+            cfg.INSTSEG.THING_CLASSES = list(classes)
+            cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(classes)
+            logger.info("Class names from %s: %s", run_config, ", ".join(classes))
+    cfg.MODEL.WEIGHTS = resolve_weights(cfg.MODEL.WEIGHTS)
+    cfg.freeze()
+    return cfg
+
+
+def class_filter(cfg: CfgNode) -> list[int] | None:
+    """Contiguous ids of ``INSTSEG.PREDICT.CLASSES`` (None: keep all); unknown names are errors."""
+    wanted = list(cfg.INSTSEG.PREDICT.CLASSES)
+    if not wanted:
+        return None
+    from instseg.datasets import build_metadata
+
+    names = build_metadata(cfg).thing_classes
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        raise ConfigError(f"--classes: unknown class {unknown[0]!r}; the model has {names}")
+    return [names.index(name) for name in wanted]
+
+
+def filter_instances(instances: Instances, keep_classes: list[int] | None) -> Instances:
+    if keep_classes is None or len(instances) == 0:
+        return instances
+    keep = torch.isin(instances.pred_classes, torch.as_tensor(keep_classes))
+    return instances[keep]

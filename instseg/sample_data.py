@@ -1,0 +1,608 @@
+"""Deterministic synthetic COCO instance-segmentation data: the embedded default dataset.
+
+The demo and the tests need data that exists without downloads, is byte-identical for a seed, and
+is hard enough that a model must learn shape rather than colour: every instance has a random
+colour and texture, backgrounds are cluttered with unannotated strokes and soft blobs, and objects
+occlude each other (annotations cover the visible part only). Shapes stay crisp and distractors
+stay thinner than the smallest object so that a small Mask R-CNN still learns it on a CPU.
+
+The scene-drawing pieces (``SceneObject``, ``make_background``, ``draw_scene``) are public so that
+moving-object videos (``iter_sample_video_frames``) share the same classes and look.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CLASS_NAMES: tuple[str, ...] = ("ellipse", "triangle", "rectangle", "star", "cross")
+TEXTURES: tuple[str, ...] = ("stripes", "checker", "gradient", "noise")
+
+DEFAULT_NUM_TRAIN = 200
+DEFAULT_NUM_VAL = 50
+DEFAULT_IMAGE_SIZE = (256, 256)
+# Fixed so that the same seed gives the same JPEG bytes.
+JPEG_QUALITY = 92
+# Smallest object extent in pixels; background strokes stay thinner than this.
+MIN_OBJECT_SIZE = 12.0
+# Occluded instances with fewer visible pixels are left unannotated (too little left to learn).
+MIN_VISIBLE_AREA = 24
+# A new object is only placed if every object it covers keeps this fraction of its pixels.
+MIN_VISIBLE_FRACTION = 0.5
+MIN_OBJECTS_PER_IMAGE = 2
+MAX_OBJECTS_PER_IMAGE = 8
+# Contours are traced on a mask upsampled by this factor so polygons follow the pixel edges (a
+# polygon through boundary pixel centres re-rasterises a pixel ring too small).
+_CONTOUR_UPSAMPLE = 4
+# Polygon simplification tolerance in upsampled pixels (0.375 px): small enough to keep
+# single-pixel steps, so polygons re-rasterise to the mask's exact pixel count.
+_CONTOUR_TOLERANCE = 1.5
+# cv2.fillPoly fixed-point bits, so sub-pixel vertices (smooth rotation in videos) are honoured.
+_FILL_SHIFT = 4
+# Exponent on the uniform draw of log-size; below 1 it favours mid-sized objects.
+_SIZE_SKEW = 0.7
+# Sensor noise on finished images, so object interiors are not perfectly flat.
+_SENSOR_NOISE_SIGMA = 3.0
+
+
+@dataclass(frozen=True)
+class SampleDataset:
+    """Where a generated dataset lives, in the form training code registers it."""
+
+    train_json: Path
+    val_json: Path
+    train_images: Path
+    val_images: Path
+    class_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One shape instance: geometry in image pixels plus the texture that hides its colour cue.
+
+    ``center`` is (x, y) with pixel i spanning [i, i + 1) as in COCO; ``size`` is the diameter of
+    the circle around the shape before ``aspect`` squashes its local y axis; ``angle`` is in
+    degrees (counter-clockwise on screen); colours are BGR; ``texture`` is one of TEXTURES.
+    """
+
+    class_index: int
+    center: tuple[float, float]
+    size: float
+    angle: float
+    color: tuple[int, int, int]
+    texture: str = "stripes"
+    texture_color: tuple[int, int, int] = (255, 255, 255)
+    texture_period: float = 6.0
+    texture_angle: float = 0.0
+    texture_seed: int = 0
+    aspect: float = 1.0
+
+    def outline(self) -> np.ndarray:
+        """Vertices (N, 2) as float64 x, y in image pixels."""
+        unit = _UNIT_OUTLINES[self.class_index]
+        local = unit * (self.size / 2.0)
+        local[:, 1] *= self.aspect
+        theta = math.radians(self.angle)
+        cos_t, sin_t = math.cos(theta), math.sin(theta)
+        # Screen y points down, so this rotation turns counter-clockwise as seen on screen.
+        xs = local[:, 0] * cos_t + local[:, 1] * sin_t + self.center[0]
+        ys = -local[:, 0] * sin_t + local[:, 1] * cos_t + self.center[1]
+        return np.stack([xs, ys], axis=1)
+
+    def moved(self, dx: float, dy: float, dangle: float = 0.0) -> SceneObject:
+        """A copy shifted and turned, keeping texture and colour (for animation)."""
+        return dataclasses.replace(
+            self,
+            center=(self.center[0] + dx, self.center[1] + dy),
+            angle=self.angle + dangle,
+        )
+
+
+def _unit_outlines() -> tuple[np.ndarray, ...]:
+    """Each class's outline with circumradius 1, centred at the origin."""
+    ellipse_angles = np.linspace(0.0, 2.0 * math.pi, 72, endpoint=False)
+    ellipse = np.stack([np.cos(ellipse_angles), np.sin(ellipse_angles)], axis=1)
+    triangle_angles = np.radians([-90.0, 30.0, 150.0])
+    triangle = np.stack([np.cos(triangle_angles), np.sin(triangle_angles)], axis=1)
+    rectangle = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64) / math.sqrt(2)
+    star_angles = np.radians(-90.0 + 36.0 * np.arange(10))
+    star_radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
+    star = np.stack([star_radii * np.cos(star_angles), star_radii * np.sin(star_angles)], axis=1)
+    arm = 0.3
+    cross = np.array(
+        [
+            [arm, -1],
+            [arm, -arm],
+            [1, -arm],
+            [1, arm],
+            [arm, arm],
+            [arm, 1],
+            [-arm, 1],
+            [-arm, arm],
+            [-1, arm],
+            [-1, -arm],
+            [-arm, -arm],
+            [-arm, -1],
+        ],
+        dtype=np.float64,
+    ) / math.hypot(1.0, arm)
+    return (ellipse, triangle, rectangle, star, cross)
+
+
+_UNIT_OUTLINES = _unit_outlines()
+# Rectangles may be long and thin; the other shapes stay recognisable under milder squashing.
+_ASPECT_RANGES = ((0.55, 1.0), (0.7, 1.0), (0.4, 1.0), (0.75, 1.0), (0.75, 1.0))
+
+
+def _hsv_to_bgr(hue: float, saturation: float, value: float) -> tuple[int, int, int]:
+    red, green, blue = colorsys.hsv_to_rgb(hue % 1.0, saturation, value)
+    return (round(blue * 255), round(green * 255), round(red * 255))
+
+
+def _random_color(
+    rng: np.random.Generator, saturation: tuple[float, float], value: tuple[float, float]
+) -> tuple[int, int, int]:
+    return _hsv_to_bgr(rng.uniform(0.0, 1.0), rng.uniform(*saturation), rng.uniform(*value))
+
+
+def random_scene_object(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    class_index: int | None = None,
+    max_size: float | None = None,
+) -> SceneObject:
+    """A random instance: any class, colour and texture; size 12 px to half the side."""
+    if class_index is None:
+        class_index = int(rng.integers(len(CLASS_NAMES)))
+    if max_size is None:
+        max_size = 0.5 * min(height, width)
+    max_size = max(max_size, MIN_OBJECT_SIZE)
+    # Log-scale sizes, skewed towards mid sizes so that tiny shapes are a minority (~1 in 6).
+    log_fraction = rng.uniform(0.0, 1.0) ** _SIZE_SKEW
+    size = float(MIN_OBJECT_SIZE * (max_size / MIN_OBJECT_SIZE) ** log_fraction)
+    # Centres may sit near the border so some objects are cut by the image edge.
+    margin = 0.15 * size
+    center = (
+        float(rng.uniform(margin, width - margin)),
+        float(rng.uniform(margin, height - margin)),
+    )
+    hue = rng.uniform(0.0, 1.0)
+    saturation = rng.uniform(0.3, 1.0)
+    value = rng.uniform(0.3, 1.0)
+    # The second texture colour differs clearly in brightness so the pattern is visible.
+    value_shift = rng.uniform(0.25, 0.5)
+    second_value = value - value_shift if value > 0.6 else value + value_shift
+    second_hue = hue + rng.uniform(-0.15, 0.15) if rng.random() < 0.5 else rng.uniform(0.0, 1.0)
+    return SceneObject(
+        class_index=class_index,
+        center=center,
+        size=size,
+        angle=float(rng.uniform(0.0, 360.0)),
+        color=_hsv_to_bgr(hue, saturation, value),
+        texture=TEXTURES[int(rng.integers(len(TEXTURES)))],
+        texture_color=_hsv_to_bgr(
+            second_hue, rng.uniform(0.2, 1.0), float(np.clip(second_value, 0.08, 1.0))
+        ),
+        texture_period=float(max(3.0, size * rng.uniform(0.1, 0.3))),
+        texture_angle=float(rng.uniform(0.0, 180.0)),
+        texture_seed=int(rng.integers(2**31)),
+        aspect=float(rng.uniform(*_ASPECT_RANGES[class_index])),
+    )
+
+
+def _rasterize(obj: SceneObject, height: int, width: int) -> tuple[int, int, np.ndarray] | None:
+    """The object's mask inside its clipped bounding box: (x0, y0, bool mask), or None if off-image."""
+    outline = obj.outline()
+    x0 = max(int(math.floor(outline[:, 0].min())) - 1, 0)
+    y0 = max(int(math.floor(outline[:, 1].min())) - 1, 0)
+    x1 = min(int(math.ceil(outline[:, 0].max())) + 2, width)
+    y1 = min(int(math.ceil(outline[:, 1].max())) + 2, height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    local_mask = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+    # OpenCV puts pixel centres on integers; COCO (and the outline) puts them at i + 0.5.
+    fixed_point = np.round((outline - (x0 + 0.5, y0 + 0.5)) * (1 << _FILL_SHIFT)).astype(np.int32)
+    cv2.fillPoly(local_mask, [fixed_point], 1, lineType=cv2.LINE_8, shift=_FILL_SHIFT)
+    if not local_mask.any():
+        return None
+    return x0, y0, local_mask.astype(bool)
+
+
+def _texture_patch(obj: SceneObject, x0: int, y0: int, height: int, width: int) -> np.ndarray:
+    """BGR float32 texture for a (height, width) patch at (x0, y0), fixed to the object's frame."""
+    xs = np.arange(x0, x0 + width, dtype=np.float32) + np.float32(0.5 - obj.center[0])
+    ys = np.arange(y0, y0 + height, dtype=np.float32) + np.float32(0.5 - obj.center[1])
+    dx, dy = np.meshgrid(xs, ys)
+    theta = math.radians(obj.angle + obj.texture_angle)
+    cos_t, sin_t = np.float32(math.cos(theta)), np.float32(math.sin(theta))
+    along = dx * cos_t - dy * sin_t
+    across = dx * sin_t + dy * cos_t
+    period = np.float32(max(obj.texture_period, 2.0))
+    size = np.float32(max(obj.size, 1.0))
+    if obj.texture == "stripes":
+        mix = (np.mod(along / period, 1.0) < 0.5).astype(np.float32)
+    elif obj.texture == "checker":
+        cells = np.floor(along / period) + np.floor(across / period)
+        mix = (np.mod(cells, 2.0) < 0.5).astype(np.float32)
+    elif obj.texture == "gradient":
+        mix = np.clip(0.5 + along / size, 0.0, 1.0)
+    elif obj.texture == "noise":
+        texture_rng = np.random.default_rng(obj.texture_seed)
+        coarse = texture_rng.random((6, 6), dtype=np.float32)
+        fine = texture_rng.random((14, 14), dtype=np.float32)
+        mix = 0.65 * _sample_grid(coarse, along / size, across / size)
+        mix += 0.35 * _sample_grid(fine, along / size, across / size)
+        mix = np.clip((mix - 0.5) * 1.8 + 0.5, 0.0, 1.0)
+    else:
+        raise ValueError(f"unknown texture {obj.texture!r}; expected one of {TEXTURES}")
+    color = np.asarray(obj.color, dtype=np.float32)
+    second = np.asarray(obj.texture_color, dtype=np.float32)
+    return color + mix[..., None] * (second - color)
+
+
+def _sample_grid(grid: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of a small grid spanning object-normalised coordinates [-0.5, 0.5]."""
+    cells = grid.shape[0] - 1
+    map_x = ((u + 0.5) * cells).astype(np.float32)
+    map_y = ((v + 0.5) * cells).astype(np.float32)
+    return cv2.remap(grid, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def draw_scene(
+    background: np.ndarray, objects: Sequence[SceneObject]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Paint objects in order over ``background`` (later ones on top).
+
+    Returns the BGR uint8 image and, per object, a bool mask of its pixels still visible after all
+    later objects were drawn (all False when it is off-image or fully hidden).
+    """
+    height, width = background.shape[:2]
+    image = background.copy()
+    owner = np.full((height, width), -1, dtype=np.int16)
+    for index, obj in enumerate(objects):
+        raster = _rasterize(obj, height, width)
+        if raster is None:
+            continue
+        x0, y0, local_mask = raster
+        patch_h, patch_w = local_mask.shape
+        texture = _texture_patch(obj, x0, y0, patch_h, patch_w)
+        region = image[y0 : y0 + patch_h, x0 : x0 + patch_w]
+        region[local_mask] = np.clip(texture[local_mask] + 0.5, 0, 255).astype(np.uint8)
+        owner[y0 : y0 + patch_h, x0 : x0 + patch_w][local_mask] = index
+    visible_masks = [owner == index for index in range(len(objects))]
+    return image, visible_masks
+
+
+def make_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Cluttered BGR uint8 background: gradient, smooth and fine noise, soft blobs, thin strokes.
+
+    Nothing here is annotated, so none of it reuses the object shapes: blobs are blurred irregular
+    patches and strokes are at most 2 px wide, thinner than the smallest object.
+    """
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    direction = rng.uniform(0.0, 2.0 * math.pi)
+    ramp = xx * math.cos(direction) + yy * math.sin(direction)
+    ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1.0)
+    start = np.asarray(_random_color(rng, (0.0, 0.6), (0.25, 0.9)), dtype=np.float32)
+    end = np.asarray(_random_color(rng, (0.0, 0.6), (0.25, 0.9)), dtype=np.float32)
+    canvas = start + ramp[..., None] * (end - start)
+
+    coarse_cells = int(rng.integers(3, 8))
+    coarse = rng.standard_normal((coarse_cells, coarse_cells, 3), dtype=np.float32)
+    canvas += cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC) * 22.0
+    fine = rng.standard_normal((max(height // 6, 2), max(width // 6, 2), 3), dtype=np.float32)
+    canvas += cv2.resize(fine, (width, height), interpolation=cv2.INTER_LINEAR) * 9.0
+
+    for _ in range(int(rng.integers(2, 6))):
+        _paint_blob(rng, canvas, height, width)
+    canvas += rng.standard_normal((height, width, 3), dtype=np.float32) * 5.0
+    background = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
+
+    for _ in range(int(rng.integers(5, 14))):
+        points = [rng.uniform((0.0, 0.0), (width, height))]
+        for _ in range(int(rng.integers(1, 5))):
+            step = rng.uniform(-0.35, 0.35, size=2) * (width, height)
+            points.append(points[-1] + step)
+        polyline = np.round(np.asarray(points)).astype(np.int32)
+        stroke_color = _random_color(rng, (0.0, 1.0), (0.1, 1.0))
+        thickness = int(rng.integers(1, 3))
+        cv2.polylines(background, [polyline], False, stroke_color, thickness, cv2.LINE_AA)
+    return background
+
+
+def _paint_blob(rng: np.random.Generator, canvas: np.ndarray, height: int, width: int) -> None:
+    """Alpha-blend a blurred irregular patch, soft-edged so it never reads as an object."""
+    radius = rng.uniform(0.06, 0.25) * min(height, width)
+    center = rng.uniform((0.0, 0.0), (width, height))
+    vertex_count = int(rng.integers(7, 14))
+    angles = np.sort(rng.uniform(0.0, 2.0 * math.pi, vertex_count))
+    radii = radius * rng.uniform(0.35, 1.0, vertex_count)
+    points = center + np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+    sigma = max(radius / 3.0, 2.0)
+    strength = rng.uniform(0.3, 0.65)
+    color = np.asarray(_random_color(rng, (0.0, 0.8), (0.15, 0.95)), dtype=np.float32)
+    # Only the blob's neighbourhood (polygon plus blur reach) is touched.
+    reach = radius + 3.0 * sigma
+    x0, y0 = max(int(center[0] - reach), 0), max(int(center[1] - reach), 0)
+    x1, y1 = min(int(center[0] + reach) + 1, width), min(int(center[1] + reach) + 1, height)
+    if x1 <= x0 or y1 <= y0:
+        return
+    alpha = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    cv2.fillPoly(alpha, [np.round(points - (x0, y0)).astype(np.int32)], 1.0)
+    alpha = cv2.GaussianBlur(alpha, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT) * strength
+    region = canvas[y0:y1, x0:x1]
+    region += alpha[..., None] * (color - region)
+
+
+def _has_holes(mask: np.ndarray) -> bool:
+    contours, hierarchy = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE
+    )
+    return hierarchy is not None and bool((hierarchy[0][:, 3] >= 0).any())
+
+
+def sample_scene_objects(
+    rng: np.random.Generator, height: int, width: int, count: int
+) -> list[SceneObject]:
+    """Up to ``count`` random objects in drawing order, with occlusion kept partial.
+
+    A candidate is rejected if it would hide more than half of an earlier object or punch a hole
+    into one (COCO polygons cannot describe holes).
+    """
+    objects: list[SceneObject] = []
+    full_areas: list[int] = []
+    owner = np.full((height, width), -1, dtype=np.int16)
+    for _ in range(count * 8):
+        if len(objects) >= count:
+            break
+        candidate = random_scene_object(rng, height, width)
+        raster = _rasterize(candidate, height, width)
+        if raster is None:
+            continue
+        x0, y0, local_mask = raster
+        full_area = int(local_mask.sum())
+        if full_area < 2 * MIN_VISIBLE_AREA:
+            continue
+        patch_h, patch_w = local_mask.shape
+        trial = owner.copy()
+        trial_region = trial[y0 : y0 + patch_h, x0 : x0 + patch_w]
+        covered = np.unique(trial_region[local_mask])
+        trial_region[local_mask] = len(objects)
+        acceptable = True
+        for earlier in covered[covered >= 0]:
+            still_visible = trial == earlier
+            if still_visible.sum() < MIN_VISIBLE_FRACTION * full_areas[earlier] or _has_holes(
+                still_visible
+            ):
+                acceptable = False
+                break
+        if acceptable:
+            objects.append(candidate)
+            full_areas.append(full_area)
+            owner = trial
+    return objects
+
+
+def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
+    """COCO polygons (flat x, y lists) tracing a bool mask's pixel edges, one per component.
+
+    Holes are not represented; every polygon has at least 3 points.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return []
+    y0, x0 = int(rows[0]), int(cols[0])
+    crop = mask[y0 : rows[-1] + 1, x0 : cols[-1] + 1].astype(np.uint8)
+    scale = _CONTOUR_UPSAMPLE
+    # A zero border keeps contours off the array edge.
+    upsampled = np.zeros(((crop.shape[0] + 2) * scale, (crop.shape[1] + 2) * scale), np.uint8)
+    upsampled[scale:-scale, scale:-scale] = np.kron(crop, np.ones((scale, scale), np.uint8))
+    contours, _ = cv2.findContours(upsampled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polygons = []
+    for contour in contours:
+        simplified = cv2.approxPolyDP(contour, _CONTOUR_TOLERANCE, True)
+        if len(simplified) < 3:
+            simplified = contour
+        points = simplified.reshape(-1, 2)
+        if len(points) < 3:
+            continue
+        # Sub-pixel centres of the upsampled boundary sit 1/(2*scale) px inside the pixel edge.
+        coords = (points.astype(np.float64) + 0.5) / scale + (x0 - 1, y0 - 1)
+        polygons.append([round(float(value), 3) for value in coords.ravel()])
+    return polygons
+
+
+def scene_annotations(
+    objects: Sequence[SceneObject], visible_masks: Sequence[np.ndarray]
+) -> list[dict]:
+    """COCO annotation bodies (no ids) for the objects with at least MIN_VISIBLE_AREA visible pixels.
+
+    Segmentation, area and bbox all describe the visible mask, not the full shape.
+    """
+    annotations = []
+    for obj, visible in zip(objects, visible_masks, strict=True):
+        area = int(visible.sum())
+        if area < MIN_VISIBLE_AREA:
+            continue
+        polygons = mask_to_polygons(visible)
+        if not polygons:
+            continue
+        rows = np.flatnonzero(visible.any(axis=1))
+        cols = np.flatnonzero(visible.any(axis=0))
+        bbox = [
+            float(cols[0]),
+            float(rows[0]),
+            float(cols[-1] - cols[0] + 1),
+            float(rows[-1] - rows[0] + 1),
+        ]
+        annotations.append(
+            {
+                "category_id": obj.class_index + 1,
+                "segmentation": polygons,
+                "area": float(area),
+                "bbox": bbox,
+                "iscrowd": 0,
+            }
+        )
+    return annotations
+
+
+def render_sample_image(
+    seed: int | Sequence[int], image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+) -> tuple[np.ndarray, list[dict]]:
+    """One dataset image and its annotation bodies (category_id, segmentation, area, bbox)."""
+    height, width = image_size
+    rng = np.random.default_rng(seed)
+    background = make_background(rng, height, width)
+    count = int(rng.integers(MIN_OBJECTS_PER_IMAGE, MAX_OBJECTS_PER_IMAGE + 1))
+    objects = sample_scene_objects(rng, height, width, count)
+    image, visible_masks = draw_scene(background, objects)
+    noise = rng.standard_normal(image.shape, dtype=np.float32) * _SENSOR_NOISE_SIGMA
+    image = np.clip(image.astype(np.float32) + noise + 0.5, 0, 255).astype(np.uint8)
+    return image, scene_annotations(objects, visible_masks)
+
+
+def _write_split(
+    split: str,
+    split_index: int,
+    num_images: int,
+    seed: int,
+    image_size: tuple[int, int],
+    image_dir: Path,
+    json_path: Path,
+) -> None:
+    height, width = image_size
+    image_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for image_index in range(num_images):
+        # Each image has its own seed stream, so changing one split's size leaves the others alone.
+        image, bodies = render_sample_image((seed, split_index, image_index), image_size)
+        file_name = f"{image_index:05d}.jpg"
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise RuntimeError(f"JPEG encoding failed for {split}/{file_name}")
+        (image_dir / file_name).write_bytes(encoded.tobytes())
+        image_id = image_index + 1
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        for body in bodies:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **body})
+    coco = {
+        "info": {
+            "description": f"instseg synthetic shapes, {split} split, seed {seed}",
+            "version": "1",
+        },
+        "licenses": [],
+        "categories": [
+            {"id": index + 1, "name": name, "supercategory": "shape"}
+            for index, name in enumerate(CLASS_NAMES)
+        ],
+        "images": images,
+        "annotations": annotations,
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    # Written last and renamed into place: a present JSON means its images are complete.
+    partial_path = json_path.with_name(json_path.name + ".partial")
+    partial_path.write_text(json.dumps(coco, sort_keys=True, separators=(",", ":")) + "\n")
+    partial_path.replace(json_path)
+    logger.info("wrote %d %s images, %d instances", num_images, split, len(annotations))
+
+
+def write_sample_dataset(
+    out_dir: str | Path,
+    seed: int = 0,
+    num_train: int = DEFAULT_NUM_TRAIN,
+    num_val: int = DEFAULT_NUM_VAL,
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+) -> SampleDataset:
+    """Write the synthetic dataset under ``out_dir`` (train/, val/, annotations/*.json).
+
+    The output is byte-identical for the same arguments; ``image_size`` is (height, width).
+    """
+    if num_train < 0 or num_val < 0:
+        raise ValueError("num_train and num_val must be non-negative")
+    height, width = image_size
+    if min(height, width) < 2 * MIN_OBJECT_SIZE:
+        raise ValueError(f"image_size {image_size} too small; need at least {2 * MIN_OBJECT_SIZE}")
+    out_dir = Path(out_dir)
+    dataset = SampleDataset(
+        train_json=out_dir / "annotations" / "train.json",
+        val_json=out_dir / "annotations" / "val.json",
+        train_images=out_dir / "train",
+        val_images=out_dir / "val",
+        class_names=CLASS_NAMES,
+    )
+    started = time.perf_counter()
+    split_specs = (
+        ("train", 0, num_train, dataset.train_images, dataset.train_json),
+        ("val", 1, num_val, dataset.val_images, dataset.val_json),
+    )
+    for split, split_index, num_images, image_dir, json_path in split_specs:
+        _write_split(split, split_index, num_images, seed, (height, width), image_dir, json_path)
+    logger.info(
+        "sample dataset (seed %d) written to %s in %.1f s",
+        seed,
+        out_dir,
+        time.perf_counter() - started,
+    )
+    return dataset
+
+
+def iter_sample_video_frames(
+    num_frames: int,
+    size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    seed: int = 0,
+    num_objects: int = 4,
+) -> Iterator[np.ndarray]:
+    """BGR uint8 frames of sample-class objects gliding and turning over a cluttered background.
+
+    Objects bounce off the frame edges and the background brightness drifts slowly, so consecutive
+    frames differ smoothly; the same arguments give the same frames.
+    """
+    height, width = size
+    rng = np.random.default_rng((seed, 2))
+    background = make_background(rng, height, width).astype(np.float32)
+    max_size = 0.4 * min(height, width)
+    objects = []
+    velocities = []
+    for index in range(num_objects):
+        obj = random_scene_object(
+            rng, height, width, class_index=index % len(CLASS_NAMES), max_size=max_size
+        )
+        # Video objects are at least mid-sized so a detector has something to find in every frame.
+        obj = dataclasses.replace(obj, size=max(obj.size, 0.12 * min(height, width)))
+        objects.append(obj)
+        speed = rng.uniform(0.5, 2.5)
+        heading = rng.uniform(0.0, 2.0 * math.pi)
+        velocities.append([speed * math.cos(heading), speed * math.sin(heading)])
+    spins = rng.uniform(-2.0, 2.0, num_objects)
+    drift_phase = rng.uniform(0.0, 2.0 * math.pi)
+    for frame_index in range(num_frames):
+        gain = 1.0 + 0.06 * math.sin(drift_phase + frame_index * 0.05)
+        frame_background = np.clip(background * gain + 0.5, 0, 255).astype(np.uint8)
+        frame, _ = draw_scene(frame_background, objects)
+        yield frame
+        for index, obj in enumerate(objects):
+            velocity = velocities[index]
+            radius = obj.size / 2.0
+            x, y = obj.center
+            for axis, (position, limit) in enumerate(((x, width), (y, height))):
+                heading_out = (position < radius and velocity[axis] < 0) or (
+                    position > limit - radius and velocity[axis] > 0
+                )
+                if heading_out:
+                    velocity[axis] = -velocity[axis]
+            objects[index] = obj.moved(velocity[0], velocity[1], float(spins[index]))

@@ -1,0 +1,112 @@
+"""Weights resolution and loading for fine-tuning.
+
+``MODEL.WEIGHTS`` may be a model-zoo config name (resolved to its published checkpoint), a
+``detectron2://`` or http(s) URL (downloaded once and cached), or a local ``.pth``/``.pkl``.
+Loading a checkpoint trained on another class set keeps everything but the class-specific
+predictors, which start from their random init, and says so in one line.
+"""
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from detectron2 import model_zoo
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
+
+from instseg.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# Seconds without an answer before a download counts as failed, so that an offline machine whose
+# firewall drops packets fails fast instead of hanging.
+DOWNLOAD_TIMEOUT_S = 15
+
+_URL_PREFIXES = ("http://", "https://", "detectron2://", "catalog://")
+SCRATCH_CONFIG = "configs/mask_rcnn_R50_FPN_scratch_GN.yaml"
+
+
+class WeightsError(ConfigError):
+    """Weights that cannot be found or downloaded; the message says what to do instead."""
+
+
+def describe_weights(weights: str) -> tuple[str, str]:
+    """(kind, location) of a MODEL.WEIGHTS value without touching the network."""
+    if not weights:
+        return "scratch", ""
+    if weights.startswith("zoo:"):
+        weights = weights[len("zoo:") :]
+    elif weights.startswith(_URL_PREFIXES):
+        return "url", weights
+    elif os.path.exists(weights):
+        return "file", weights
+    if weights.endswith((".yaml", ".py")):
+        try:
+            return "zoo", model_zoo.get_checkpoint_url(weights)
+        except RuntimeError:
+            raise WeightsError(
+                f"MODEL.WEIGHTS={weights}: neither a local file nor a model-zoo config name"
+            ) from None
+    raise WeightsError(f"MODEL.WEIGHTS={weights}: file not found")
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def resolve_weights(weights: str) -> str:
+    """Return a local path for ``weights`` ("" for random init), downloading URLs into the cache.
+
+    Raises:
+        WeightsError: one line saying what was tried and how to pass a local file instead.
+    """
+    kind, location = describe_weights(weights)
+    if kind in ("scratch", "file"):
+        return location
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            return PathManager.get_local_path(location)
+    except Exception as e:  # urllib, socket and iopath raise many types; all mean "not available"
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        tried = f"{weights} -> {location}" if location != weights else weights
+        raise WeightsError(
+            f"MODEL.WEIGHTS={tried}: download failed ({type(e).__name__}: {reason}). "
+            "Download it on a connected machine and pass the local file with "
+            "--weights PATH.pkl|.pth, or train from random init with "
+            f"--config {SCRATCH_CONFIG}"
+        ) from None
+
+
+class FinetuneCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that re-initialises predictors whose class count differs."""
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        if incompatible.incorrect_shapes:
+            names = sorted({key.rsplit(".", 1)[0] for key, _, _ in incompatible.incorrect_shapes})
+            logger.info(
+                "Re-initialised %d parameters of %s: their shapes differ from the checkpoint "
+                "(another number of classes); all other weights were loaded",
+                len(incompatible.incorrect_shapes),
+                ", ".join(names),
+            )
+            reinitialised = {key for key, _, _ in incompatible.incorrect_shapes}
+            missing = [key for key in incompatible.missing_keys if key not in reinitialised]
+            incompatible = incompatible._replace(incorrect_shapes=[], missing_keys=missing)
+        return incompatible
+
+    def load(self, path, *args, **kwargs):
+        return super().load(resolve_weights(path) if path else path, *args, **kwargs)
+
+
+def has_checkpoint(output_dir: str | os.PathLike) -> bool:
+    return (Path(output_dir) / "last_checkpoint").is_file()
