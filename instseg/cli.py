@@ -11,6 +11,8 @@ logger = logging.getLogger("instseg")
 # Known import-time noise from dependencies that users cannot act on.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -122,6 +124,178 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OverridesAndLateOptions(argparse.Action):
+    """``KEY VALUE`` overrides after SOURCE.
+
+    argparse gives everything after the first positional to a REMAINDER argument, options
+    included; those options are parsed here as if given before SOURCE.
+    """
+
+    def __init__(self, *args, options_parser: argparse.ArgumentParser, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.options_parser = options_parser
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        existing = getattr(namespace, "existing", None)
+        _, overrides = self.options_parser.parse_known_args(list(values), namespace)
+        if existing and namespace.existing != existing:
+            parser.error("--overwrite and --skip-existing exclude each other")
+        unknown = [v for v in overrides if v.startswith("--")]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        setattr(namespace, self.dest, overrides)
+
+
+def _add_predict_options(parser: argparse.ArgumentParser) -> None:
+    """Options of ``instseg predict``; each config-backed one overrides its key."""
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="project YAML, e.g. RUN/config.yaml; repeat to merge several (later wins)",
+    )
+    parser.add_argument("--weights", metavar="FILE", help="checkpoint (required)")
+    parser.add_argument("--output", metavar="DIR", help="output folder (required)")
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        metavar="S",
+        help="keep instances scoring at least S (MODEL.ROI_HEADS.SCORE_THRESH_TEST)",
+    )
+    parser.add_argument(
+        "--classes",
+        metavar="A,B",
+        help="keep only these class names (INSTSEG.PREDICT.CLASSES)",
+    )
+    parser.add_argument(
+        "--max-detections",
+        type=int,
+        metavar="N",
+        help="at most N instances per image (TEST.DETECTIONS_PER_IMAGE)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="images per forward pass (INSTSEG.PREDICT.BATCH_SIZE)",
+    )
+    parser.add_argument(
+        "--no-render",
+        action="store_true",
+        default=None,
+        help="no annotated images (INSTSEG.PREDICT.RENDER)",
+    )
+    parser.add_argument(
+        "--save-masks",
+        action="store_true",
+        default=None,
+        help="write <name>.masks.png instance-id images (INSTSEG.PREDICT.SAVE_MASKS)",
+    )
+    parser.add_argument(
+        "--renderer",
+        choices=("auto", "visualizer", "fast"),
+        help="drawing: Detectron2's Visualizer, or the fast OpenCV one (INSTSEG.PREDICT.RENDERER)",
+    )
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--overwrite",
+        action="store_const",
+        dest="existing",
+        const="overwrite",
+        help="predict everything again into a non-empty output folder",
+    )
+    existing.add_argument(
+        "--skip-existing",
+        action="store_const",
+        dest="existing",
+        const="skip",
+        help="predict only inputs an earlier (interrupted) run did not finish",
+    )
+    parser.add_argument(
+        "--coco-json",
+        metavar="FILE",
+        help="COCO dataset the images belong to: use its image and category ids, so "
+        "predictions.json evaluates against it",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes (one per GPU with CUDA)",
+    )
+    parser.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
+
+
+# Command-line flags of `instseg predict` and the config keys they set.
+_PREDICT_FLAG_KEYS = (
+    ("score_threshold", "MODEL.ROI_HEADS.SCORE_THRESH_TEST"),
+    ("max_detections", "TEST.DETECTIONS_PER_IMAGE"),
+    ("batch_size", "INSTSEG.PREDICT.BATCH_SIZE"),
+    ("renderer", "INSTSEG.PREDICT.RENDERER"),
+)
+
+
+def build_predict_options(args: argparse.Namespace):
+    """The parsed ``instseg predict`` command line as :class:`instseg.predict.PredictOptions`:
+    flags become config overrides placed after the ``KEY VALUE`` pairs, so flags win."""
+    from instseg.config import ConfigError
+    from instseg.predict import PredictOptions
+
+    for flag in ("config", "weights", "output"):
+        if not getattr(args, flag):
+            raise ConfigError(f"predict: --{flag} is required")
+    opts = list(args.opts or [])
+    for dest, key in _PREDICT_FLAG_KEYS:
+        value = getattr(args, dest, None)
+        if value is not None:
+            opts += [key, str(value)]
+    if args.classes is not None:
+        names = [name.strip() for name in args.classes.split(",") if name.strip()]
+        opts += ["INSTSEG.PREDICT.CLASSES", repr(names)]
+    if args.no_render:
+        opts += ["INSTSEG.PREDICT.RENDER", "False"]
+    if args.save_masks:
+        opts += ["INSTSEG.PREDICT.SAVE_MASKS", "True"]
+    return PredictOptions(
+        output_dir=args.output,
+        config_files=list(args.config),
+        weights=args.weights,
+        opts=opts,
+        existing=args.existing or "refuse",
+        coco_json=args.coco_json,
+        num_workers=args.num_workers or 1,
+        progress=not args.no_progress,
+    )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from instseg.predict import load_predict_cfg, predict_images
+    from instseg.sources import resolve_source
+
+    options = build_predict_options(args)
+    source = resolve_source(args.source, exclude=options.output_dir)
+    cfg = load_predict_cfg(options)
+    if source.kind == "videos":
+        from instseg.video import predict_videos
+
+        results = predict_videos(
+            cfg,
+            [f.path for f in source.files],
+            options.output_dir,
+            overwrite=options.overwrite,
+            progress=options.progress,
+        )
+        failed = [r for r in results if not r.ok]
+        print(f"{len(results)} video(s): {len(results) - len(failed)} ok, {len(failed)} failed")
+        return 1 if failed else 0
+    result = predict_images(cfg, source, options)
+    print(result.timing_line())
+    print(result.summary_line())
+    return result.exit_status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="instseg",
@@ -173,6 +347,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="folder for results (default: beside the weights)")
     _add_config_args(evaluate)
     evaluate.set_defaults(func=cmd_eval)
+
+    predict = commands.add_parser(
+        "predict",
+        help="predict image files, a folder, a glob or a list of paths (or videos)",
+        description="Predict every image of SOURCE (an image, a folder searched recursively, a "
+        "glob, a .txt list of paths, or videos) and write annotated images, predictions.json "
+        "(COCO results), images.json and manifest.csv under --output.",
+    )
+    predict.add_argument("source", metavar="SOURCE", help="image, folder, glob, .txt list or video")
+    _add_predict_options(predict)
+    late_options = argparse.ArgumentParser(prog="instseg predict", add_help=False)
+    _add_predict_options(late_options)
+    predict.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        action=_OverridesAndLateOptions,
+        options_parser=late_options,
+        metavar="KEY VALUE",
+        help="config overrides",
+    )
+    predict.set_defaults(func=cmd_predict, existing=None)
     return parser
 
 

@@ -16,6 +16,7 @@ from detectron2.data import transforms as T
 from detectron2.engine import DefaultTrainer, HookBase, hooks, launch
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
 from instseg.config import build_cfg, save_cfg
@@ -87,7 +88,9 @@ class ValidationLoss(HookBase):
         norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)]
         totals: dict[str, float] = {}
         batches = 0
-        with torch.random.fork_rng(devices=[]):
+        # A throwaway EventStorage catches the statistics the heads log in training mode, which
+        # would otherwise be mixed into the training run's metrics.
+        with torch.random.fork_rng(devices=[]), EventStorage(self.trainer.iter):
             for m in norms:
                 m.eval()
             try:
@@ -193,7 +196,11 @@ def setup_run(cfg: CfgNode) -> None:
     if comm.is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
     for name in ("detectron2", "fvcore", "instseg"):
-        setup_logger(str(output_dir), distributed_rank=rank, name=name, abbrev_name=name[:2])
+        # Log to the console only where nobody did yet (a spawned worker, a script).
+        console = not any(type(h) is logging.StreamHandler for h in logging.getLogger(name).handlers)
+        setup_logger(
+            str(output_dir), rank, name=name, abbrev_name=name[:2], configure_stdout=console
+        )
     if comm.is_main_process():
         save_cfg(cfg, output_dir / "config.yaml")
         logger.info("Merged config written to %s", output_dir / "config.yaml")

@@ -1,0 +1,265 @@
+"""Inputs of ``instseg predict``: which files a SOURCE names, and how one image file is read.
+
+A SOURCE is one of:
+
+* an image file;
+* a folder, searched recursively for image files (hidden files and folders are left out);
+* a glob pattern (``**`` matches folders recursively), e.g. ``"photos/**/*.jpg"``;
+* a text file (``.txt``, ``.lst``, ``.list``) naming one path per line, relative to the list's
+  folder (blank lines and lines starting with ``#`` are ignored), in the list's order;
+* a video file, or a folder holding only videos (see :data:`VIDEO_EXTENSIONS`).
+
+Every input gets a path relative to the SOURCE's root folder (POSIX separators): outputs mirror
+the input tree under the output folder, and the relative path is the input's name in the
+manifest and in ``images.json``. Folders and globs are sorted by that path, so the order, and
+with it the image ids, is the same on every run.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+
+from instseg.config import ConfigError
+from instseg.validation import _jpeg_has_end_marker
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "LIST_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "ImageReadError",
+    "InputFile",
+    "Source",
+    "SourceError",
+    "is_video_path",
+    "read_image",
+    "resolve_source",
+]
+
+# File name endings searched for in folders and globs (lower case; matching ignores case).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pbm", ".pgm"}
+    | {".ppm", ".pnm", ".pxm", ".sr", ".ras", ".jp2", ".exr", ".hdr", ".pic"}
+)
+# The same endings as instseg.video uses, so both sides agree on what a video is.
+VIDEO_EXTENSIONS = frozenset(
+    {".3gp", ".avi", ".flv", ".m2ts", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".mts"}
+    | {".ogv", ".ts", ".webm", ".wmv"}
+)
+# A SOURCE file with one of these endings is a list of paths, not an image.
+LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
+
+_GLOB_CHARS = frozenset("*?[")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class SourceError(ConfigError):
+    """A SOURCE that names no usable input; the message is one line for the user."""
+
+
+class ImageReadError(Exception):
+    """One input that cannot be used as an image; ``str()`` is one line naming the file."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input: where it is, and its POSIX path relative to the SOURCE root (no ``..``)."""
+
+    path: Path
+    rel: str
+
+
+@dataclass
+class Source:
+    """What a SOURCE expands to. ``kind`` is "images" or "videos"; ``files`` are in order."""
+
+    spec: str
+    root: Path
+    kind: str
+    files: list[InputFile]
+
+
+def is_video_path(path: str | os.PathLike) -> bool:
+    """True when the name ends in a video extension (case-insensitive); the file is not opened."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def resolve_source(spec: str | os.PathLike, exclude: os.PathLike | str | None = None) -> Source:
+    """Expand a SOURCE (see the module docstring) into its input files.
+
+    Args:
+        spec: the SOURCE as the user wrote it.
+        exclude: a folder never searched (the output folder, when it lies inside the SOURCE).
+
+    Raises:
+        SourceError: the SOURCE does not exist or names no image or video.
+    """
+    spec = os.fspath(spec)
+    path = Path(spec).expanduser()
+    excluded = Path(exclude).resolve() if exclude is not None else None
+    if path.is_dir():
+        return _from_folder(spec, path, excluded)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in LIST_EXTENSIONS:
+            return _from_list(spec, path)
+        kind = "videos" if suffix in VIDEO_EXTENSIONS else "images"
+        return Source(spec, path.parent, kind, [InputFile(path, path.name)])
+    if _GLOB_CHARS & set(spec):
+        return _from_glob(spec, excluded)
+    raise SourceError(f"{spec}: no such file or folder")
+
+
+def _from_folder(spec: str, folder: Path, excluded: Path | None) -> Source:
+    images, videos = [], []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        current = Path(dirpath)
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not d.startswith(".") and (excluded is None or (current / d).resolve() != excluded)
+        ]
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            if _is_image_name(name):
+                images.append(current / name)
+            elif is_video_path(name):
+                videos.append(current / name)
+    if not images and videos:
+        return Source(spec, folder, "videos", _relative_to(folder, videos))
+    if not images:
+        raise SourceError(f"{spec}: no image files found (looked for {_extension_hint()})")
+    if videos:
+        logger.warning(
+            "%s: %d video file(s) ignored among the images; pass videos as their own SOURCE",
+            spec,
+            len(videos),
+        )
+    return Source(spec, folder, "images", _relative_to(folder, images))
+
+
+def _from_glob(spec: str, excluded: Path | None) -> Source:
+    root = _glob_root(spec)
+    matches = [Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True)]
+    files = [
+        p
+        for p in matches
+        if p.is_file() and (excluded is None or excluded not in p.resolve().parents)
+    ]
+    images = [p for p in files if _is_image_name(p.name)]
+    videos = [p for p in files if is_video_path(p)]
+    if not images and videos:
+        return Source(spec, root, "videos", _relative_to(root, videos))
+    if not images:
+        raise SourceError(f"{spec}: the pattern matches no image files")
+    return Source(spec, root, "images", _relative_to(root, images))
+
+
+def _glob_root(spec: str) -> Path:
+    """The folder part of a pattern before its first wildcard: what outputs are relative to."""
+    parts = []
+    for part in Path(os.path.expanduser(spec)).parts[:-1]:
+        if _GLOB_CHARS & set(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def _from_list(spec: str, list_file: Path) -> Source:
+    base = list_file.parent
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SourceError(f"{spec}: cannot read the list of inputs ({e})") from None
+    paths, seen = [], set()
+    for number, line in enumerate(lines, start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        path = Path(os.path.normpath(base / Path(entry).expanduser()))
+        if path in seen:
+            logger.warning("%s:%d: %s listed again; using it once", spec, number, entry)
+            continue
+        seen.add(path)
+        paths.append(path)
+    if not paths:
+        raise SourceError(f"{spec}: the list names no files")
+    # Outputs mirror the tree below the list's folder; entries outside it make the root the
+    # nearest folder holding them all.
+    resolved_base = base.resolve()
+    resolved = [p.resolve() for p in paths]
+    if all(resolved_base in p.parents for p in resolved):
+        root = base
+    else:
+        try:
+            root = Path(os.path.commonpath([p.parent for p in resolved]))
+        except ValueError:  # paths on different drives
+            raise SourceError(f"{spec}: listed files must share one root folder") from None
+    kind = "videos" if all(is_video_path(p) for p in paths) else "images"
+    files = [InputFile(p, _rel_posix(p, root)) for p in paths]
+    return Source(spec, root, kind, files)
+
+
+def _rel_posix(path: Path, root: Path) -> str:
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        rel = path.resolve().relative_to(root.resolve())
+    return PurePosixPath(*rel.parts).as_posix()
+
+
+def _relative_to(root: Path, paths: list[Path]) -> list[InputFile]:
+    files = [InputFile(p, _rel_posix(p, root)) for p in paths]
+    return sorted(files, key=lambda f: f.rel)
+
+
+def _extension_hint() -> str:
+    common = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+    return ", ".join(common) + ", ..."
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as the model wants it, or say in one line why it cannot be used.
+
+    Returns:
+        np.ndarray: H x W x 3 uint8 in BGR order, exactly what ``cv2.imread(path)`` returns for a
+        valid file: EXIF orientation applied, grayscale replicated to 3 channels, alpha dropped,
+        16-bit samples scaled to 8 bits.
+
+    Raises:
+        ImageReadError: missing or unreadable file, empty file, truncated JPEG (OpenCV would
+            otherwise decode the part that is there, grey below, and only print a warning), or
+            data that no image decoder recognises.
+    """
+    name = os.fspath(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ImageReadError(f"{name}: cannot read file: {e.strerror or e}") from None
+    if not data:
+        raise ImageReadError(f"{name}: empty file (0 bytes)")
+    if data.startswith(_JPEG_MAGIC) and not _jpeg_has_end_marker(name):
+        raise ImageReadError(f"{name}: truncated JPEG (no end-of-image marker)")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ImageReadError(f"{name}: cannot decode image: {message}") from None
+    if image is None:
+        raise ImageReadError(f"{name}: not an image file, or corrupt image data")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        raise ImageReadError(f"{name}: unsupported image layout {image.shape} {image.dtype}")
+    return image

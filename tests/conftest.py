@@ -1,0 +1,98 @@
+"""Shared session fixtures: a small on-disk sample dataset, config overrides that make the CPU demo
+config fast, and one short training run that several test modules inspect."""
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+# Before anything imports matplotlib: plots are written to files, never shown.
+os.environ["MPLBACKEND"] = "Agg"
+# Before torch loads its OpenMP runtime: idle OpenMP threads sleep instead of spinning. On a
+# machine whose cores are shared with other jobs, spinning threads wait on descheduled peers and
+# make every small convolution many times slower; the number of threads stays torch's default.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS_DIR = REPO_ROOT / "configs"
+DEMO_CONFIG = CONFIGS_DIR / "demo_R18_FPN_cpu.yaml"
+R50_CONFIG = CONFIGS_DIR / "mask_rcnn_R50_FPN.yaml"
+
+SAMPLE_NUM_TRAIN = 24
+SAMPLE_NUM_VAL = 8
+SAMPLE_IMAGE_SIZE = (128, 128)
+TRAINED_RUN_ITERS = 20
+
+# Overrides that shrink configs/demo_R18_FPN_cpu.yaml to a few seconds of CPU work: small images,
+# batch 2, no evaluation or periodic checkpoints during training, and a low score threshold so
+# that a barely trained model still emits instances.
+TINY_OPTS = [
+    "SOLVER.MAX_ITER", "4",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.CHECKPOINT_PERIOD", "100000",
+    "INPUT.MIN_SIZE_TRAIN", "(128,)",
+    "INPUT.MAX_SIZE_TRAIN", "160",
+    "INPUT.MIN_SIZE_TEST", "128",
+    "INPUT.MAX_SIZE_TEST", "160",
+    "DATALOADER.NUM_WORKERS", "0",
+    "TEST.EVAL_PERIOD", "0",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.05",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory):
+    """The built-in synthetic dataset (24 train / 8 val images of 128x128 px), written once."""
+    from instseg.sample_data import write_sample_dataset
+
+    return write_sample_dataset(
+        tmp_path_factory.mktemp("sample"),
+        seed=0,
+        num_train=SAMPLE_NUM_TRAIN,
+        num_val=SAMPLE_NUM_VAL,
+        image_size=SAMPLE_IMAGE_SIZE,
+    )
+
+
+@pytest.fixture(scope="session")
+def dataset_names():
+    """(train, val) dataset names unique to this test session."""
+    suffix = uuid.uuid4().hex[:8]
+    return f"test_sample_train_{suffix}", f"test_sample_val_{suffix}"
+
+
+@pytest.fixture(scope="session")
+def dataset_opts(sample_dataset, dataset_names):
+    """KEY VALUE overrides declaring ``sample_dataset`` as INSTSEG.DATASETS.TRAIN and VAL."""
+    train_name, val_name = dataset_names
+    return [
+        "INSTSEG.DATASETS.TRAIN.NAME", train_name,
+        "INSTSEG.DATASETS.TRAIN.JSON", str(sample_dataset.train_json),
+        "INSTSEG.DATASETS.TRAIN.IMAGES", str(sample_dataset.train_images),
+        "INSTSEG.DATASETS.VAL.NAME", val_name,
+        "INSTSEG.DATASETS.VAL.JSON", str(sample_dataset.val_json),
+        "INSTSEG.DATASETS.VAL.IMAGES", str(sample_dataset.val_images),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_opts():
+    """KEY VALUE overrides that make the demo config fast (see ``TINY_OPTS``); a fresh list."""
+    return list(TINY_OPTS)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, dataset_opts, tiny_opts):
+    """Folder of one finished 20-iteration training run of the demo config on ``sample_dataset``:
+    config.yaml, model_final.pth, metrics.json, log.txt, last_checkpoint."""
+    from instseg.train import TrainRequest, train
+
+    run_dir = tmp_path_factory.mktemp("trained_run")
+    request = TrainRequest(
+        [str(DEMO_CONFIG)],
+        opts=dataset_opts + tiny_opts + ["SOLVER.MAX_ITER", str(TRAINED_RUN_ITERS)],
+        output_dir=str(run_dir),
+    )
+    train(request)
+    return run_dir

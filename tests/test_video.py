@@ -1,0 +1,364 @@
+"""Annotated output videos: real encoded clips through a real (briefly trained) Mask R-CNN."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from detectron2.engine import DefaultPredictor
+
+from instseg.config import ConfigError
+from instseg.predictor import BatchPredictor, load_model_config
+from instseg.sample_data import iter_sample_video_frames
+from instseg.video import (
+    VideoResult,
+    add_video_arguments,
+    instances_to_records,
+    is_video_path,
+    predict_video,
+    predict_videos,
+    video_overrides,
+)
+from instseg.video_io import (
+    VideoReadError,
+    VideoWriter,
+    available_h264_encoder,
+    open_video,
+    write_test_clip,
+)
+
+av = pytest.importorskip("av")
+
+needs_h264 = pytest.mark.skipif(available_h264_encoder() is None, reason="no H.264 encoder")
+CODECS = [pytest.param("h264", marks=needs_h264), "mp4v"]
+FPS = 20
+NUM_FRAMES = 12
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # On a small shared CPU one intra-op thread is faster and steadier than contended ones.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _restore_numpy_rng():
+    # Video colours come from NumPy's global RNG.
+    state = np.random.get_state()
+    yield
+    np.random.set_state(state)
+
+
+@pytest.fixture(scope="module")
+def model_files(trained_run):
+    return [str(Path(trained_run) / "config.yaml")], str(Path(trained_run) / "model_final.pth")
+
+
+@pytest.fixture(scope="module")
+def predictor(model_files):
+    return BatchPredictor(load_model_config(*model_files))
+
+
+@pytest.fixture
+def make_cfg(model_files):
+    """cfg with extra KEY VALUE overrides (none of which may change the shared model)."""
+    return lambda *opts: load_model_config(*model_files, list(opts))
+
+
+def make_clip(path: Path, n=NUM_FRAMES, width=160, height=120, audio=False, codec="auto"):
+    frames = iter_sample_video_frames(n, size=(height, width), seed=1)
+    return write_test_clip(path, frames, fps=FPS, audio=audio, codec=codec).path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def no_stage_threads() -> bool:
+    return not any(t.name.startswith("instseg-video-") for t in threading.enumerate())
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def test_is_video_path():
+    assert is_video_path("a/b/clip.MP4")
+    assert is_video_path(Path("x.mkv"))
+    assert not is_video_path("image.jpg")
+    assert not is_video_path("folder")
+
+
+def test_video_arguments_become_overrides():
+    parser = argparse.ArgumentParser()
+    add_video_arguments(parser)
+    assert video_overrides(parser.parse_args([])) == []
+    args = parser.parse_args(
+        ["--frame-stride", "2", "--start", "1.5", "--end", "4", "--max-frames", "7"]
+        + ["--codec", "mp4v"]
+    )
+    assert video_overrides(args) == [
+        "INSTSEG.VIDEO.FRAME_STRIDE", "2",
+        "INSTSEG.VIDEO.START", "1.5",
+        "INSTSEG.VIDEO.END", "4.0",
+        "INSTSEG.VIDEO.MAX_FRAMES", "7",
+        "INSTSEG.VIDEO.CODEC", "mp4v",
+    ]  # fmt: skip
+
+
+def test_bad_video_options_are_config_errors(make_cfg, predictor, tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", n=3)
+    for opts, key in [
+        (["INSTSEG.VIDEO.FRAME_STRIDE", "0"], "FRAME_STRIDE"),
+        (["INSTSEG.VIDEO.CODEC", "vp9"], "CODEC"),
+        (["INSTSEG.VIDEO.START", "2", "INSTSEG.VIDEO.END", "1"], "END"),
+        (["INSTSEG.PREDICT.RENDERER", "pretty"], "RENDERER"),
+    ]:
+        with pytest.raises(ConfigError, match=key):
+            predict_video(make_cfg(*opts), clip, tmp_path / "out", predictor=predictor)
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_output_matches_input_and_keeps_audio(make_cfg, predictor, tmp_path, codec):
+    clip = make_clip(tmp_path / "clip.mp4", audio=True)
+    out = tmp_path / "out"
+    result = predict_video(
+        make_cfg("INSTSEG.VIDEO.CODEC", codec), clip, out, predictor=predictor, progress=False
+    )
+    assert result.ok and result.frames == NUM_FRAMES and result.first_bad_frame is None
+    assert result.video == out / "clip.mp4"
+    assert result.written.codec == codec and result.written.has_audio
+    assert set(result.stage_ms) == {"decode", "model", "render", "encode"}
+    assert result.throughput > 0
+    with open_video(clip) as source, open_video(result.video) as output:
+        assert output.frame_count == source.frame_count == NUM_FRAMES
+        assert output.fps == pytest.approx(source.fps)
+        assert (output.width, output.height) == (source.width, source.height)
+        assert output.has_audio
+        assert len(list(output)) == NUM_FRAMES
+    # Annotated frames compress about like the source, not like raw frames.
+    assert result.written.bytes < 8 * clip.stat().st_size
+    lines = read_jsonl(out / "clip.predictions.jsonl")
+    assert [line["frame"] for line in lines] == list(range(NUM_FRAMES))
+    assert [line["time"] for line in lines] == pytest.approx(
+        [i / FPS for i in range(NUM_FRAMES)], abs=1e-4
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "clip.predictions.jsonl"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_predictions_equal_default_predictor(make_cfg, predictor, tmp_path, batch_size):
+    clip = make_clip(tmp_path / "clip.mp4")
+    cfg = make_cfg("INSTSEG.PREDICT.BATCH_SIZE", str(batch_size))
+    result = predict_video(cfg, clip, tmp_path, predictor=predictor, progress=False)
+    lines = read_jsonl(result.predictions)
+
+    reference = DefaultPredictor(cfg)
+    with open_video(clip) as source:
+        frames = list(source)
+    assert len(lines) == len(frames) == NUM_FRAMES
+    total = 0
+    for line, frame in zip(lines, frames, strict=True):
+        expected = reference(frame.image)["instances"].to("cpu")
+        got = line["instances"]
+        assert len(got) == len(expected)
+        total += len(got)
+        if not got:
+            continue
+        assert [g["class_id"] for g in got] == expected.pred_classes.tolist()
+        names = cfg.INSTSEG.THING_CLASSES
+        assert [g["class_name"] for g in got] == [names[c] for c in expected.pred_classes]
+        np.testing.assert_allclose(
+            [g["score"] for g in got], expected.scores.numpy(), rtol=0, atol=1e-4
+        )
+        np.testing.assert_allclose(
+            [g["box"] for g in got], expected.pred_boxes.tensor.numpy(), rtol=0, atol=1e-4
+        )
+        decoded = mask_util.decode([g["mask"] for g in got]).transpose(2, 0, 1).astype(bool)
+        np.testing.assert_array_equal(decoded, expected.pred_masks.numpy())
+    assert total > 0, "the test model should find something in these frames"
+
+
+def test_records_of_empty_instances():
+    from detectron2.structures import Instances
+
+    assert instances_to_records(Instances((4, 4)), ["a"]) == []
+
+
+@pytest.mark.parametrize(
+    ("opts", "indices"),
+    [
+        (["INSTSEG.VIDEO.FRAME_STRIDE", "3", "INSTSEG.VIDEO.MAX_FRAMES", "3"], [0, 3, 6]),
+        (["INSTSEG.VIDEO.START", "0.25", "INSTSEG.VIDEO.END", "0.6"], [5, 6, 7, 8, 9, 10, 11]),
+        (
+            ["INSTSEG.VIDEO.START", "0.1", "INSTSEG.VIDEO.FRAME_STRIDE", "4"]
+            + ["INSTSEG.PREDICT.RENDER", "False"],
+            [2, 6, 10],
+        ),
+    ],
+)
+def test_frame_selection(make_cfg, predictor, tmp_path, opts, indices):
+    clip = make_clip(tmp_path / "clip.mp4")
+    out = tmp_path / "out"
+    result = predict_video(make_cfg(*opts), clip, out, predictor=predictor, progress=False)
+    lines = read_jsonl(result.predictions)
+    assert [line["frame"] for line in lines] == indices
+    assert [line["time"] for line in lines] == pytest.approx([i / FPS for i in indices], abs=1e-4)
+    assert result.frames == len(indices)
+    if "INSTSEG.PREDICT.RENDER" in opts:
+        assert result.video is None and not (out / "clip.mp4").exists()
+        return
+    with open_video(result.video) as output:
+        times = [f.time for f in output]
+    # Frames keep their source spacing (times shift so the first selected frame is at 0).
+    assert times == pytest.approx([(i - indices[0]) / FPS for i in indices], abs=1e-3)
+
+
+def test_class_filter(make_cfg, predictor, tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", n=4)
+    cfg = make_cfg("INSTSEG.PREDICT.RENDER", "False")
+    everything = read_jsonl(
+        predict_video(cfg, clip, tmp_path / "all", predictor=predictor).predictions
+    )
+    keep = everything[0]["instances"][0]["class_name"] if everything[0]["instances"] else "ellipse"
+    cfg = make_cfg("INSTSEG.PREDICT.RENDER", "False", "INSTSEG.PREDICT.CLASSES", f"['{keep}']")
+    kept = read_jsonl(predict_video(cfg, clip, tmp_path / "one", predictor=predictor).predictions)
+    for before, after in zip(everything, kept, strict=True):
+        assert after["instances"] == [i for i in before["instances"] if i["class_name"] == keep]
+
+
+def test_variable_frame_rate_keeps_times(make_cfg, predictor, tmp_path):
+    times = [0.0, 0.04, 0.15, 0.2, 0.45, 0.5, 0.8]
+    clip = tmp_path / "vfr.mp4"
+    frames = iter_sample_video_frames(len(times), size=(120, 160), seed=2)
+    with VideoWriter(clip, 25, 160, 120, codec="auto") as writer:
+        for t, image in zip(times, frames, strict=True):
+            writer.write(image, t)
+    result = predict_video(make_cfg(), clip, tmp_path / "out", predictor=predictor, progress=False)
+    assert [line["time"] for line in read_jsonl(result.predictions)] == pytest.approx(
+        times, abs=1e-3
+    )
+    with open_video(result.video) as output:
+        assert [f.time for f in output] == pytest.approx(times, abs=1e-3)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_odd_frame_size(make_cfg, predictor, tmp_path, codec):
+    clip = make_clip(tmp_path / "odd.mp4", n=6, width=161, height=119, codec="auto")
+    cfg = make_cfg("INSTSEG.VIDEO.CODEC", codec)
+    result = predict_video(cfg, clip, tmp_path / "out", predictor=predictor, progress=False)
+    with open_video(result.video) as output:
+        assert (output.width, output.height) == (161, 119)
+        assert len(list(output)) == 6
+    mask = read_jsonl(result.predictions)[0]["instances"]
+    assert all(i["mask"]["size"] == [119, 161] for i in mask)
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def test_truncated_video_gives_shorter_valid_output(make_cfg, predictor, tmp_path, caplog):
+    clip = make_clip(tmp_path / "cut.mkv", n=20)
+    data = clip.read_bytes()
+    clip.write_bytes(data[: int(len(data) * 0.6)])
+    with caplog.at_level(logging.WARNING, logger="instseg"):
+        result = predict_video(make_cfg(), clip, tmp_path / "out", predictor=predictor)
+    assert 0 < result.frames < 20
+    assert result.first_bad_frame == result.frames
+    with open_video(result.video) as output:
+        assert len(list(output)) == result.frames
+    assert len(read_jsonl(result.predictions)) == result.frames
+    ours = [r for r in caplog.records if r.name == "instseg.video" and r.levelno == logging.WARNING]
+    assert len(ours) == 1
+    assert str(clip) in ours[0].getMessage()
+    assert f"frame {result.frames}" in ours[0].getMessage()
+
+
+def test_text_file_named_mp4_is_one_clear_error(make_cfg, predictor, tmp_path):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is not a video\n")
+    with pytest.raises(VideoReadError) as info:
+        predict_video(make_cfg(), fake, tmp_path / "out", predictor=predictor)
+    message = str(info.value)
+    assert message.startswith(str(fake)) and "\n" not in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_with_a_bad_file_goes_on(make_cfg, predictor, tmp_path, caplog):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_clip(videos / "a.mp4", n=4)
+    (videos / "b.mp4").write_text("not a video")
+    make_clip(videos / "c.mkv", n=3)
+    make_clip(videos / "c.mp4", n=2)  # same stem as c.mkv: outputs get distinct names
+    paths = sorted(p for p in videos.iterdir() if is_video_path(p))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="instseg"):
+        results = predict_videos(make_cfg(), paths, out, predictor=predictor, progress=False)
+    assert [r.source for r in results] == paths
+    assert [r.ok for r in results] == [True, False, True, True]
+    assert [r.frames for r in results] == [4, 0, 3, 2]
+    assert results[1].error.startswith(str(videos / "b.mp4"))
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and str(videos / "b.mp4") in errors[0].getMessage()
+    assert "3 annotated, 0 skipped, 1 failed" in caplog.text
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["a.mp4", "c_mkv.mp4", "c_mp4.mp4"]
+
+    # A second run leaves finished outputs alone unless asked to overwrite.
+    again = predict_videos(make_cfg(), paths[:1], out, predictor=predictor, progress=False)
+    assert again[0].skipped and again[0].ok
+
+
+def test_output_never_replaces_the_input(make_cfg, predictor, tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", n=2)
+    before = clip.read_bytes()
+    [result] = predict_videos(make_cfg(), [clip], tmp_path, overwrite=True, predictor=predictor)
+    assert "replace the input" in result.error
+    assert clip.read_bytes() == before
+
+
+@pytest.mark.parametrize("stage", ["render", "model"])
+def test_stage_failure_propagates_and_leaves_nothing(
+    make_cfg, predictor, tmp_path, monkeypatch, stage
+):
+    clip = make_clip(tmp_path / "clip.mp4")
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError(f"{stage} exploded")
+        return original(*args, **kwargs)
+
+    if stage == "render":
+        from instseg.render import FastRenderer
+
+        original = FastRenderer.draw
+        monkeypatch.setattr(FastRenderer, "draw", lambda self, *a: broken(self, *a))
+    else:
+        original = predictor.predict
+        monkeypatch.setattr(predictor, "predict", broken)
+    out = tmp_path / "out"
+    cfg = make_cfg("INSTSEG.PREDICT.QUEUE_SIZE", "1")
+    with pytest.raises(RuntimeError, match=f"{stage} exploded"):
+        predict_video(cfg, clip, out, predictor=predictor, progress=False)
+    assert list(out.iterdir()) == []
+    assert no_stage_threads()
+
+
+def test_result_defaults():
+    result = VideoResult(source=Path("x.mp4"))
+    assert result.ok and not result.skipped and result.video is None
