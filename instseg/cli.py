@@ -5,6 +5,7 @@ import argparse
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 logger = logging.getLogger("instseg")
 
@@ -278,8 +279,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     source = resolve_source(args.source, exclude=options.output_dir)
     cfg = load_predict_cfg(options)
     if source.kind == "videos":
+        # Same output-folder rules and config.yaml as for images; instseg.video does the rest.
+        from instseg.config import save_cfg
+        from instseg.predict import check_output_dir
         from instseg.video import predict_videos
 
+        check_output_dir(options.output_dir, options.existing)
+        save_cfg(cfg, Path(options.output_dir) / "config.yaml")
         results = predict_videos(
             cfg,
             [f.path for f in source.files],

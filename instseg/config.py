@@ -185,6 +185,10 @@ def _apply_dataset_names(cfg: CfgNode) -> None:
         cfg.DATASETS.TRAIN = (declared.TRAIN.NAME,)
     if declared.VAL.NAME:
         cfg.DATASETS.TEST = (declared.VAL.NAME,)
+    elif declared.TRAIN.NAME:
+        # No val set: nothing to evaluate during training, rather than the model-zoo base's COCO
+        # val set, which the project does not have.
+        cfg.DATASETS.TEST = ()
 
 
 def save_cfg(cfg: CfgNode, path: str | os.PathLike) -> Path:

@@ -12,15 +12,6 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
-def has_compiled_ops() -> bool:
-    """Whether Detectron2's C++/CUDA extension loads (absent with the pure-Python install)."""
-    try:
-        from detectron2 import _C  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def collect_environment() -> list[tuple[str, str]]:
     import cv2
     import detectron2
@@ -30,6 +21,7 @@ def collect_environment() -> list[tuple[str, str]]:
 
     from instseg import __version__
     from instseg.config import default_device
+    from instseg.evaluate import has_compiled_ops, select_cocoeval_backend
 
     rows = [
         ("instseg", __version__),
@@ -53,11 +45,11 @@ def collect_environment() -> list[tuple[str, str]]:
 
     compiled = has_compiled_ops()
     rows.append(("Detectron2 compiled ops", "present" if compiled else "absent"))
+    rows.append(("COCO eval backend", select_cocoeval_backend()))
     if compiled:
         rows.append(("features", "all Detectron2 features available"))
     else:
         rows += [
-            ("  COCO evaluation", "faster-coco-eval instead of Detectron2's COCOeval_opt"),
             ("  unavailable", "rotated boxes (RRPN/rotated NMS), deformable convolution"),
             ("  unaffected", "Mask R-CNN training, inference, evaluation, rendering"),
         ]

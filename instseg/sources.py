@@ -47,7 +47,7 @@ __all__ = [
 # File name endings searched for in folders and globs (lower case; matching ignores case).
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pbm", ".pgm"}
-    | {".ppm", ".pnm", ".pxm", ".sr", ".ras", ".jp2", ".exr", ".hdr", ".pic"}
+    | {".ppm", ".pnm", ".pxm", ".sr", ".ras", ".jp2", ".hdr", ".pic"}
 )
 # The same endings as instseg.video uses, so both sides agree on what a video is.
 VIDEO_EXTENSIONS = frozenset(

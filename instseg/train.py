@@ -2,6 +2,7 @@
 checkpoint and training curves, resumable after a crash, single- or multi-process via ``launch``.
 """
 
+import functools
 import logging
 import math
 import os
@@ -14,6 +15,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultTrainer, HookBase, hooks, launch
+from detectron2.engine import defaults as _d2_defaults
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
@@ -134,6 +136,24 @@ class ValidationLoss(HookBase):
             self._run()
 
 
+class PeriodicWriter(hooks.PeriodicWriter):
+    """Detectron2's PeriodicWriter that also writes right after each evaluation. The event storage
+    keeps only the latest value of a metric, so with EVAL_PERIOD shorter than the writer period
+    an evaluation would otherwise be replaced by the next one before reaching metrics.json."""
+
+    def __init__(self, writers, period: int, eval_period: int):
+        super().__init__(writers, period)
+        self._eval_period = eval_period
+
+    def after_step(self):
+        super().after_step()
+        next_iter = self.trainer.iter + 1
+        already_written = next_iter % self._period == 0 or next_iter == self.trainer.max_iter
+        if self._eval_period > 0 and next_iter % self._eval_period == 0 and not already_written:
+            for writer in self._writers:
+                writer.write()
+
+
 class TrainingCurves(HookBase):
     """Redraws ``training_curves.png`` after each evaluation and at the end of training. It runs
     after the writers, so ``metrics.json`` already holds the newest evaluation."""
@@ -160,6 +180,17 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with COCO evaluation through instseg's evaluator, validation loss,
     ``model_best.pth``, training curves, and fine-tuning from checkpoints with other classes."""
 
+    def __init__(self, cfg: CfgNode):
+        # Detectron2 wraps the model in DistributedDataParallel with device_ids=[local rank],
+        # which DDP rejects for a CPU model: CPU processes (gloo) must pass no device ids.
+        create_ddp_model = _d2_defaults.create_ddp_model
+        if cfg.MODEL.DEVICE == "cpu":
+            _d2_defaults.create_ddp_model = functools.partial(create_ddp_model, device_ids=None)
+        try:
+            super().__init__(cfg)
+        finally:
+            _d2_defaults.create_ddp_model = create_ddp_model
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         from instseg.evaluate import InstsegCOCOEvaluator
@@ -184,6 +215,9 @@ class Trainer(DefaultTrainer):
         if has_val and comm.is_main_process():
             extra.append(BestCheckpointer(period, self.checkpointer, cfg.INSTSEG.TRAIN.BEST_METRIC))
         hook_list[eval_index + 1 : eval_index + 1] = extra
+        for i, hook in enumerate(hook_list):
+            if type(hook) is hooks.PeriodicWriter:
+                hook_list[i] = PeriodicWriter(hook._writers, hook._period, period)
         if cfg.INSTSEG.TRAIN.PLOT_CURVES and comm.is_main_process():
             hook_list.append(TrainingCurves(cfg.OUTPUT_DIR, period))
         return hook_list

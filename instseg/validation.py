@@ -98,7 +98,7 @@ def validate_coco_dataset(
             checker.check_image_files(os.fspath(image_root))
     problems = checker.problems
     errors = sum(problem.severity == ERROR for problem in problems)
-    logger.info(
+    logger.debug(
         "Validated %s: %d error(s), %d warning(s)", json_path, errors, len(problems) - errors
     )
     return problems

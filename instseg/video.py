@@ -8,14 +8,20 @@ For each input ``NAME.EXT`` two files are written into the output folder, each a
   "time": seconds, "instances": [{"class_id", "class_name", "score", "box": [x0, y0, x1, y1],
   "mask": COCO RLE with "counts" as str}]}``.
 
-Frames flow through four stages joined by bounded queues, so memory stays flat for any length
-and the model never waits on I/O::
+``NAME`` is the input's stem, or ``STEM_EXT`` when several inputs of one run share a stem. Frames
+keep their source times (variable frame rates survive; with ``FRAME_STRIDE`` N the nominal rate
+is the source's divided by N, so the output still plays in real time with its audio). Outputs
+that exist are left alone unless ``overwrite`` is set.
 
-    decode + preprocess (thread) -> model (calling thread, batches) -> render (thread)
-        -> encode + JSONL (thread)
+Frames flow through four stages joined by bounded queues (``INSTSEG.PREDICT.QUEUE_SIZE``), so
+memory stays flat for any length and the model does not wait on decoding, drawing or encoding::
+
+    decode + preprocess (thread) -> model (calling thread, batches) -> render + JSONL record
+        (thread) -> encode + JSONL write (thread)
 
 Every stage is one thread fed in order, so frames stay in order. A failure in any stage stops
-all of them and is raised in the calling thread.
+all of them and is raised in the calling thread. Drawing and encoding run in separate threads:
+on two cores that measured faster than one thread doing both (scripts/bench_video.py --merged).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from tqdm import tqdm
 from instseg.config import ConfigError
 from instseg.datasets import build_metadata
 from instseg.predictor import BatchPredictor, ModelInput, class_filter, filter_instances
-from instseg.render import Renderer, build_renderer
+from instseg.render import RENDERERS, Renderer, build_renderer
 from instseg.video_io import (
     VideoError,
     VideoFrame,
@@ -59,11 +65,15 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "STAGES",
     "VIDEO_EXTENSIONS",
+    "VideoError",
     "VideoOptions",
+    "VideoReadError",
     "VideoResult",
+    "VideoWriteError",
     "add_video_arguments",
     "instances_to_records",
     "is_video_path",
+    "output_paths",
     "predict_video",
     "predict_videos",
     "resolve_renderer_name",
@@ -169,10 +179,11 @@ def _options_from_cfg(cls: type[VideoOptions], cfg: CfgNode) -> VideoOptions:
     if batch_size < 1 or queue_size < 1:
         raise ConfigError("INSTSEG.PREDICT: BATCH_SIZE and QUEUE_SIZE must be >= 1")
     renderer = resolve_renderer_name(predict.RENDERER, video=True)
-    try:
-        build_renderer(renderer, None, video=True)
-    except ValueError as e:
-        raise ConfigError(f"INSTSEG.PREDICT.RENDERER: {e}") from None
+    if renderer not in RENDERERS:
+        raise ConfigError(
+            f"INSTSEG.PREDICT.RENDERER must be auto or one of {', '.join(sorted(RENDERERS))}, "
+            f"got {predict.RENDERER!r}"
+        )
     return cls(
         start=start,
         end=end,
@@ -541,7 +552,11 @@ class _VideoJob:
             self._model(decoded, predicted)
         except BaseException as exc:
             p.fail(exc)
-        p.join()
+        try:
+            p.join()
+        except BaseException as exc:  # e.g. Ctrl-C while the last frames are written
+            p.fail(exc)
+            p.join()
         p.raise_first_error()
 
     def abort(self) -> None:
@@ -621,13 +636,14 @@ def predict_video(
         return result
 
     started = time.perf_counter()
+    metadata = build_metadata(cfg)
+    keep_classes = class_filter(cfg)
     with open_video(path) as source:
         result.fps, result.width, result.height = source.fps, source.width, source.height
         result.source_bytes = path.stat().st_size
         output_dir.mkdir(parents=True, exist_ok=True)
         if predictor is None:
             predictor = BatchPredictor(cfg)
-        metadata = build_metadata(cfg)
         renderer = (
             build_renderer(options.renderer, metadata, video=True) if options.render else None
         )
@@ -653,7 +669,7 @@ def predict_video(
                 predictor,
                 renderer,
                 metadata.thing_classes,
-                class_filter(cfg),
+                keep_classes,
                 writer,
                 jsonl,
                 bar,

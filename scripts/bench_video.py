@@ -21,9 +21,9 @@ import argparse
 import json
 import logging
 import platform
-import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -57,38 +57,74 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def random_init_weights(config: str, folder: Path, classes: list[str]) -> Path:
-    """Save a randomly initialised model of ``config`` (seeded) as a checkpoint file."""
+    """Save a randomly initialised model of ``config`` (seeded) as a checkpoint file.
+
+    Freshly initialised mask logits sit at 0, so almost no pixel passes the 0.5 threshold and the
+    renderers would have nothing to draw; a positive mask bias makes each mask fill its box, as
+    a trained model's masks fill their objects. Compute per frame is unchanged.
+    """
     cfg = build_cfg([config], ["MODEL.ROI_HEADS.NUM_CLASSES", str(len(classes))], freeze=False)
     cfg.MODEL.DEVICE = "cpu"
     torch.manual_seed(0)
     model = build_model(cfg)
+    mask_head = getattr(model.roi_heads, "mask_head", None)
+    if mask_head is not None and getattr(mask_head.predictor, "bias", None) is not None:
+        torch.nn.init.constant_(mask_head.predictor.bias, 2.0)
     path = folder / "random_init.pth"
     torch.save({"model": model.state_dict()}, path)
     return path
 
 
-def model_only(predictor: BatchPredictor, images: list[np.ndarray], batch_size: int) -> float:
-    """(a) frames/s of the forward pass on preprocessed frames, first batch excluded."""
+@dataclass
+class Timing:
+    """Steady-state frames and seconds (warm-up left out) plus CPU seconds of a whole call."""
+
+    frames: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+    calls: int = 0
+    all_frames: int = 0
+
+    def add(self, frames: int, seconds: float, cpu: float, all_frames: int) -> None:
+        self.frames += frames
+        self.seconds += seconds
+        self.cpu += cpu
+        self.calls += 1
+        self.all_frames += all_frames
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000.0 * self.cpu / self.all_frames if self.all_frames else 0.0
+
+
+def model_only(predictor: BatchPredictor, images: list[np.ndarray], batch_size: int):
+    """(a) the forward pass on preprocessed frames; (timed frames, seconds), first batch out."""
     inputs = [predictor.preprocess(image) for image in images]
     batches = [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
     predictor.predict(batches[0])
     start = time.perf_counter()
     for batch in batches[1:]:
         predictor.predict(batch)
-    return (len(inputs) - len(batches[0])) / (time.perf_counter() - start)
+    return len(inputs) - len(batches[0]), time.perf_counter() - start
 
 
-def demo_loop(cfg, metadata, source: Path, output: Path) -> float:
-    """(b) frames/s of a sequential loop as in Detectron2's demo, first frame excluded."""
-    predictor = DefaultPredictor(cfg)
+def demo_loop(predictor, metadata, source: Path, output: Path, first: int, count: int):
+    """(b) a sequential loop as in Detectron2's demo over frames [first, first + count);
+    (timed frames, seconds), first frame out. Frames before ``first`` are skipped untimed."""
     visualizer = VideoVisualizer(metadata, ColorMode.IMAGE)
     capture = cv2.VideoCapture(str(source))
+    for _ in range(first):
+        capture.grab()
     fps = capture.get(cv2.CAP_PROP_FPS)
     width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     writer = cv2.VideoWriter(str(output), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     frames, start = 0, None
-    while True:
+    while frames < count:
         ok, frame = capture.read()
         if not ok:
             break
@@ -102,20 +138,24 @@ def demo_loop(cfg, metadata, source: Path, output: Path) -> float:
     writer.release()
     elapsed = time.perf_counter() - start
     capture.release()
-    return (frames - 1) / elapsed
+    return frames - 1, elapsed
 
 
-def pipeline(cfg, predictor, source: Path, out_dir: Path, renderer: str, merged: bool):
-    """(c), (d): predict_video's frames/s (first batch excluded) and output bytes."""
+def pipeline(cfg, predictor, source, out_dir, renderer, merged, first, count, fps):
+    """(c), (d): predict_video over frames [first, first + count); (timed frames, seconds,
+    VideoResult), first batch out."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.INSTSEG.PREDICT.RENDERER = renderer
+    cfg.INSTSEG.VIDEO.START = (first - 0.5) / fps if first else -1.0
+    cfg.INSTSEG.VIDEO.MAX_FRAMES = count
     cfg.freeze()
     video_module._MERGE_RENDER_ENCODE = merged
     result = predict_video(
         cfg, source, out_dir, overwrite=True, predictor=predictor, progress=False
     )
-    return result.throughput, result.written.bytes, result.stage_ms
+    timed = result.frames - cfg.INSTSEG.PREDICT.BATCH_SIZE
+    return timed, timed / result.throughput, result
 
 
 def main() -> None:
@@ -132,15 +172,24 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=1, help="INSTSEG.PREDICT.BATCH_SIZE")
     parser.add_argument("--codec", default="auto", choices=("auto", "h264", "mp4v"))
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions (1)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a small shared CPU, contended threads "
+        "of one forward pass wait on each other; 0: torch's default)",
+    )
+    parser.add_argument("--chunk", type=int, default=10, help="frames per interleaved round (10)")
+    parser.add_argument("--passes", type=int, default=1, help="passes over the video (1)")
     parser.add_argument(
         "--merged", action="store_true", help="also time render+encode in one thread (e)"
     )
     parser.add_argument("--skip-visualizer", action="store_true", help="skip (b) and (c)")
     args = parser.parse_args()
-    if args.frames < 3 or args.rounds < 1:
-        parser.error("--frames must be >= 3 and --rounds >= 1")
+    if args.batch_size < 1 or args.chunk <= args.batch_size or args.passes < 1:
+        parser.error("need --batch-size >= 1, --chunk > --batch-size and --passes >= 1")
+    if args.frames < args.chunk:
+        parser.error("--frames must be at least --chunk")
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,10 +211,12 @@ def main() -> None:
         cfg = load_model_config([args.config], weights, opts)
         metadata = build_metadata(cfg)
         predictor = BatchPredictor(cfg)
+        demo_predictor = DefaultPredictor(cfg)
 
         source = tmp / "input.mp4"
+        fps = 30.0
         frames = iter_sample_video_frames(args.frames, size=(height, width), seed=0)
-        input_bytes = write_test_clip(source, frames, fps=30, codec=args.codec).bytes
+        input_bytes = write_test_clip(source, frames, fps=fps, codec=args.codec).bytes
         with open_video(source) as video:
             images = [frame.image for frame in video]
         counts = [len(x) for x in predictor.predict([predictor.preprocess(i) for i in images[:3]])]
@@ -175,39 +226,61 @@ def main() -> None:
             methods = ["a_model", "d_fast"]
         if args.merged:
             methods.append("e_fast_merged")
-        fps: dict[str, list[float]] = {m: [] for m in methods}
-        out_bytes: dict[str, int] = {}
-        stage_ms: dict[str, dict[str, float]] = {}
-        for round_index in range(args.rounds):
-            # Rotate the order so that no method always runs first after a pause.
-            order = methods[round_index % len(methods) :] + methods[: round_index % len(methods)]
-            for method in order:
-                out_dir = tmp / method
-                out_dir.mkdir(exist_ok=True)
-                if method == "a_model":
-                    value = model_only(predictor, images, args.batch_size)
-                elif method == "b_demo":
-                    out = out_dir / "demo.mp4"
-                    value = demo_loop(cfg, metadata, source, out)
-                    out_bytes[method] = out.stat().st_size
-                else:
-                    renderer = "visualizer" if method == "c_visualizer" else "fast"
-                    merged = method == "e_fast_merged"
-                    value, size, stages = pipeline(
-                        cfg, predictor, source, out_dir, renderer, merged
-                    )
-                    out_bytes[method], stage_ms[method] = size, stages
-                fps[method].append(value)
-                print(f"round {round_index + 1} {method:<14} {value:7.2f} frames/s", flush=True)
 
-    med = {m: statistics.median(v) for m, v in fps.items()}
+        def run(method: str, first: int, count: int, out_dir: Path):
+            """(timed frames, seconds, output bytes or None, stage ms or None)."""
+            out_dir.mkdir(exist_ok=True)
+            if method == "a_model":
+                chunk = images[first : first + count]
+                return (*model_only(predictor, chunk, args.batch_size), None, None)
+            if method == "b_demo":
+                out = out_dir / "demo.mp4"
+                timed, seconds = demo_loop(demo_predictor, metadata, source, out, first, count)
+                return timed, seconds, out.stat().st_size, None
+            renderer = "visualizer" if method == "c_visualizer" else "fast"
+            merged = method == "e_fast_merged"
+            timed, seconds, result = pipeline(
+                cfg, predictor, source, out_dir, renderer, merged, first, count, fps
+            )
+            return timed, seconds, result.written.bytes, result.stage_ms
+
+        # Interleaved rounds: every method on the same few frames in turn, so all of them see
+        # the same machine load; the order rotates from round to round.
+        starts = list(range(0, args.frames - args.chunk + 1, args.chunk))
+        timings = {m: Timing() for m in methods}
+        round_index = 0
+        for _ in range(args.passes):
+            for first in starts:
+                count = args.chunk if first != starts[-1] else args.frames - first
+                shift = round_index % len(methods)
+                line = []
+                for method in methods[shift:] + methods[:shift]:
+                    cpu = time.process_time()
+                    timed, seconds, _, _ = run(method, first, count, tmp / method)
+                    timings[method].add(timed, seconds, time.process_time() - cpu, count)
+                    line.append(f"{method} {timed / seconds:.2f}")
+                round_index += 1
+                print(f"round {round_index} frames {first}-{first + count - 1}: " + ", ".join(line))
+
+        # Whole-video runs of the written outputs: sizes, and a cross-check of the frames/s.
+        whole_fps, out_bytes, stage_ms = {}, {}, {}
+        for method in methods[1:]:
+            timed, seconds, size, stages = run(method, 0, args.frames, tmp / f"whole_{method}")
+            whole_fps[method], out_bytes[method] = timed / seconds, size
+            if stages:
+                stage_ms[method] = stages
+
+    med = {m: t.fps for m, t in timings.items()}
     print(
-        f"{args.frames} frames {width}x{height}, {args.rounds} round(s), torch threads "
-        f"{torch.get_num_threads()}, batch {args.batch_size}, instances/frame {counts}"
+        f"{args.frames} frames {width}x{height}, rounds of {args.chunk} frames x {round_index}, "
+        f"torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
+        f"instances/frame {counts}"
     )
+    print(f"{'method':<14} {'frames/s':>9} {'CPU ms/frame':>13} {'whole video':>12} {'bytes':>9}")
     for method in methods:
-        extra = f"  {out_bytes[method]:>9} bytes" if method in out_bytes else ""
-        print(f"{method:<14} {med[method]:7.2f} frames/s{extra}")
+        whole = f"{whole_fps[method]:12.2f}" if method in whole_fps else f"{'':>12}"
+        size = f"{out_bytes[method]:9d}" if method in out_bytes else ""
+        print(f"{method:<14} {med[method]:9.2f} {timings[method].cpu_ms:13.1f} {whole} {size}")
     ratios = {}
     if "b_demo" in med:
         ratios["c_over_b"] = med["c_visualizer"] / med["b_demo"]
@@ -225,15 +298,18 @@ def main() -> None:
         "frames": args.frames,
         "width": width,
         "height": height,
-        "rounds": args.rounds,
+        "chunk": args.chunk,
+        "rounds": round_index,
         "torch_threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
         "instances_first_frames": counts,
         "fps": {m: round(v, 3) for m, v in med.items()},
-        "fps_all_rounds": {m: [round(x, 3) for x in v] for m, v in fps.items()},
+        "cpu_ms_per_frame": {m: round(t.cpu_ms, 1) for m, t in timings.items()},
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "whole_video_fps": {m: round(v, 3) for m, v in whole_fps.items()},
         "input_bytes": input_bytes,
         "output_bytes": out_bytes,
+        "output_over_input": {m: round(b / input_bytes, 2) for m, b in out_bytes.items()},
         "stage_ms": {m: {k: round(v, 2) for k, v in s.items()} for m, s in stage_ms.items()},
         "python": platform.python_version(),
     }

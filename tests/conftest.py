@@ -25,8 +25,8 @@ SAMPLE_IMAGE_SIZE = (128, 128)
 TRAINED_RUN_ITERS = 20
 
 # Overrides that shrink configs/demo_R18_FPN_cpu.yaml to a few seconds of CPU work: small images,
-# batch 2, no evaluation or periodic checkpoints during training, and a low score threshold so
-# that a barely trained model still emits instances.
+# batch 2, no evaluation or periodic checkpoints during training, a low score threshold so that a
+# barely trained model still emits instances, and a fixed seed.
 TINY_OPTS = [
     "SOLVER.MAX_ITER", "4",
     "SOLVER.IMS_PER_BATCH", "2",
@@ -38,6 +38,7 @@ TINY_OPTS = [
     "DATALOADER.NUM_WORKERS", "0",
     "TEST.EVAL_PERIOD", "0",
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.05",
+    "SEED", "0",
 ]  # fmt: skip
 
 

@@ -1,0 +1,396 @@
+"""``instseg predict`` end to end with a real model on real files: results equal Detectron2's
+DefaultPredictor, outputs are COCO-loadable, bad inputs are rows not crashes, and interrupted or
+sharded jobs end with the same outputs as a plain run.
+
+The model is the demo config at test sizes with seeded random weights: unlike a few training
+iterations, it gives instances (class scores near 1/6) on every image, every time.
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from detectron2.engine import DefaultPredictor
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from instseg.config import PROJECT_CONFIG_DIR, ConfigError
+from instseg.predict import PARTS_DIR_NAME, PredictOptions, load_predict_cfg, predict_images
+
+DEMO_CONFIG = str(PROJECT_CONFIG_DIR / "demo_R18_FPN_cpu.yaml")
+# At most this many instances per image, which keeps drawing cheap.
+DETECTIONS = 4
+PREDICT_OPTS = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+    "TEST.DETECTIONS_PER_IMAGE", str(DETECTIONS),
+]  # fmt: skip
+# Reference inputs: (sample val image, where it goes in the input tree).
+LAYOUT = [
+    ("00000.jpg", "00000.jpg"),
+    ("00001.jpg", "sub/00001.jpg"),
+    ("00002.jpg", "sub/deeper/00002.jpg"),
+    ("00003.jpg", "sub/deeper/00003.jpg"),
+]
+
+
+def _options(run_dir, output_dir, opts=(), **kwargs) -> PredictOptions:
+    return PredictOptions(
+        output_dir=str(output_dir),
+        config_files=[str(run_dir / "config.yaml")],
+        weights=str(run_dir / "model_final.pth"),
+        opts=[*PREDICT_OPTS, *opts],
+        progress=False,
+        **kwargs,
+    )
+
+
+def _run(run_dir, source, output_dir, opts=(), **kwargs):
+    options = _options(run_dir, output_dir, opts, **kwargs)
+    return predict_images(load_predict_cfg(options), str(source), options)
+
+
+def _manifest(output_dir) -> list[dict]:
+    with open(Path(output_dir) / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _load(output_dir, name):
+    return json.loads((Path(output_dir) / name).read_text())
+
+
+def _assert_same_predictions(got: list[dict], expected: list[dict]) -> None:
+    """Equal as sets of results, up to the float noise that another batch composition gives
+    (boxes and scores within 1e-4, masks within a few pixels)."""
+    assert len(got) == len(expected)
+    pending = defaultdict(list)
+    for result in expected:
+        pending[result["image_id"], result["category_id"]].append(result)
+    for result in got:
+        candidates = pending[result["image_id"], result["category_id"]]
+        match = next(
+            (
+                c
+                for c in candidates
+                if np.allclose(c["bbox"], result["bbox"], atol=1e-4)
+                and abs(c["score"] - result["score"]) <= 1e-4
+            ),
+            None,
+        )
+        assert match is not None, f"no counterpart for {result}"
+        candidates.remove(match)
+        a, b = (mask_util.decode(r["segmentation"]) for r in (result, match))
+        assert np.count_nonzero(a != b) <= 4
+
+
+def _copy_tree(sample_dataset, folder, layout=LAYOUT) -> Path:
+    for src, rel in layout:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample_dataset.val_images / src, folder / rel)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def _local_random_init_run(tmp_path_factory, tiny_opts, sample_dataset):
+    """A run folder (config.yaml with the sample classes, model_final.pth) of the demo config at
+    test sizes with seeded random weights."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from instseg.config import build_cfg, save_cfg
+
+    run_dir = tmp_path_factory.mktemp("random_init_run")
+    names = list(sample_dataset.class_names)
+    opts = [*tiny_opts, "MODEL.DEVICE", "cpu", "INSTSEG.THING_CLASSES", repr(names)]
+    cfg = build_cfg([DEMO_CONFIG], [*opts, "MODEL.ROI_HEADS.NUM_CLASSES", str(len(names))])
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(run_dir)).save("model_final")
+    save_cfg(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, _local_random_init_run, sample_dataset):
+    """One run over a nested folder: masks saved, ids from the val JSON, batches of 3."""
+    base = tmp_path_factory.mktemp("reference")
+    images = _copy_tree(sample_dataset, base / "images")
+    output = base / "out"
+    result = _run(
+        _local_random_init_run,
+        images,
+        output,
+        ["INSTSEG.PREDICT.SAVE_MASKS", "True", "INSTSEG.PREDICT.BATCH_SIZE", "3"],
+        coco_json=str(sample_dataset.val_json),
+    )
+    return {"images": images, "output": output, "result": result}
+
+
+def test_predictions_equal_default_predictor(reference, _local_random_init_run, sample_dataset):
+    output = reference["output"]
+    cfg = load_predict_cfg(_options(_local_random_init_run, output))
+    predictor = DefaultPredictor(cfg)
+    id_of = {
+        image["file_name"]: image["id"]
+        for image in _load(sample_dataset.val_json.parent, "val.json")["images"]
+    }
+    predictions = _load(output, "predictions.json")
+    assert reference["result"].ok == len(LAYOUT) and reference["result"].exit_status == 0
+    for src, rel in LAYOUT:
+        expected = predictor(cv2.imread(str(reference["images"] / rel)))["instances"]
+        got = [p for p in predictions if p["image_id"] == id_of[src]]
+        assert len(got) == len(expected) == DETECTIONS
+        boxes = expected.pred_boxes.tensor.numpy()
+        for k, result in enumerate(got):
+            x0, y0, x1, y1 = boxes[k]
+            np.testing.assert_allclose(result["bbox"], [x0, y0, x1 - x0, y1 - y0], atol=1e-4)
+            assert result["score"] == pytest.approx(float(expected.scores[k]), abs=1e-4)
+            assert result["category_id"] == int(expected.pred_classes[k]) + 1  # val ids are 1..5
+            mask = mask_util.decode(result["segmentation"]).astype(bool)
+            assert np.array_equal(mask, expected.pred_masks[k].numpy())
+
+
+def test_predictions_evaluate_against_the_dataset(reference, sample_dataset):
+    output = reference["output"]
+    ground_truth = COCO(str(sample_dataset.val_json))
+    detections = ground_truth.loadRes(str(output / "predictions.json"))
+    evaluator = COCOeval(ground_truth, detections, "segm")
+    evaluator.params.imgIds = sorted({p["image_id"] for p in _load(output, "predictions.json")})
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    assert len(evaluator.stats) == 12
+
+    # images.json names the dataset's ids and categories and works as a ground truth on its own.
+    images = _load(output, "images.json")
+    dataset = _load(sample_dataset.val_json.parent, "val.json")
+    by_name = {image["file_name"]: image["id"] for image in dataset["images"]}
+    assert {i["file_name"]: i["id"] for i in images["images"]} == {
+        rel: by_name[src] for src, rel in LAYOUT
+    }
+    assert images["categories"] == [
+        {"id": c["id"], "name": c["name"]} for c in dataset["categories"]
+    ]
+    COCO(str(output / "images.json")).loadRes(str(output / "predictions.json"))
+
+
+def test_output_tree_mirrors_the_inputs(reference):
+    output = reference["output"]
+    for _, rel in LAYOUT:
+        drawn = cv2.imread(str(output / rel))
+        assert drawn is not None and drawn.shape == cv2.imread(str(reference["images"] / rel)).shape
+        assert (output / rel).with_suffix(".masks.png").is_file()
+    assert [row["path"] for row in _manifest(output)] == sorted(rel for _, rel in LAYOUT)
+    counts = Counter(p["image_id"] for p in _load(output, "predictions.json"))
+    ids = {i["file_name"]: i["id"] for i in _load(output, "images.json")["images"]}
+    for row in _manifest(output):
+        assert row["status"] == "ok" and int(row["instances"]) == counts[ids[row["path"]]]
+    assert (output / "config.yaml").is_file() and not (output / PARTS_DIR_NAME).exists()
+    assert not list(output.rglob(".*"))  # no temporary files left
+
+
+def test_mask_pngs_hold_instance_ids_in_score_order(reference):
+    output = reference["output"]
+    images = {image["file_name"]: image["id"] for image in _load(output, "images.json")["images"]}
+    predictions = _load(output, "predictions.json")
+    for _, rel in LAYOUT:
+        ids = cv2.imread(str((output / rel).with_suffix(".masks.png")), cv2.IMREAD_UNCHANGED)
+        results = [p for p in predictions if p["image_id"] == images[rel]]
+        assert ids.dtype == np.uint8 and ids.max() <= len(results) <= DETECTIONS
+        scores = [r["score"] for r in results]
+        assert scores == sorted(scores, reverse=True)
+        claimed = np.zeros(ids.shape, dtype=bool)
+        for k, result in enumerate(results, start=1):
+            mask = mask_util.decode(result["segmentation"]).astype(bool)
+            # Instance k owns its mask except where a higher-scoring instance was painted.
+            assert np.array_equal(ids == k, mask & ~claimed)
+            claimed |= mask
+        assert np.array_equal(ids == 0, ~claimed)
+
+
+def test_bad_files_are_error_rows(tmp_path, _local_random_init_run, sample_dataset):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = cv2.imread(str(sample_dataset.val_images / "00004.jpg"))
+    cv2.imwrite(str(folder / "good.jpg"), good)
+    cv2.imwrite(str(folder / "one_pixel.png"), good[:1, :1])
+    cv2.imwrite(str(folder / "deep16.png"), good.astype(np.uint16) * 257)
+    cv2.imwrite(str(folder / "gray.png"), cv2.cvtColor(good, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(folder / "rgba.png"), cv2.cvtColor(good, cv2.COLOR_BGR2BGRA))
+    jpeg = (sample_dataset.val_images / "00005.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.png").write_text("not an image\n")
+    bad = {"truncated.jpg": "truncated JPEG", "empty.jpg": "empty file", "text.png": "not an image"}
+
+    output = tmp_path / "out"
+    result = _run(_local_random_init_run, folder, output)
+    assert (result.ok, result.errors, result.exit_status) == (5, 3, 1)
+    rows = _manifest(output)
+    assert sorted(row["path"] for row in rows) == sorted(p.name for p in folder.iterdir())
+    for row in rows:
+        if row["path"] in bad:
+            assert row["status"] == "error" and row["instances"] == "0"
+            assert row["error"].startswith(str(folder / row["path"]))
+            assert bad[row["path"]] in row["error"]
+            assert not (output / row["path"]).exists()
+        else:
+            assert row["status"] == "ok" and row["error"] == "", row
+            drawn = cv2.imread(str(output / row["path"]))
+            assert drawn.shape[:2] == cv2.imread(str(folder / row["path"])).shape[:2]
+    sizes = {
+        i["file_name"]: (i["width"], i["height"]) for i in _load(output, "images.json")["images"]
+    }
+    assert sizes["one_pixel.png"] == (1, 1) and len(sizes) == 5
+    total = sum(int(row["instances"]) for row in rows)
+    assert len(_load(output, "predictions.json")) == total == result.instances > 0
+
+
+def test_skip_existing_redoes_only_missing(
+    tmp_path, _local_random_init_run, sample_dataset, monkeypatch
+):
+    from instseg import predict
+
+    layout = [(f"0000{i}.jpg", f"0000{i}.jpg") for i in range(4)]
+    images = _copy_tree(sample_dataset, tmp_path / "images", layout)
+    output = tmp_path / "out"
+
+    # An interrupted job: the third output write dies. No final file may appear.
+    original = predict._ShardRunner._write_image_outputs
+    calls = []
+
+    def dies_on_third(self, item):
+        calls.append(item.task.rel)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, item)
+
+    monkeypatch.setattr(predict._ShardRunner, "_write_image_outputs", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        _run(_local_random_init_run, images, output)
+    monkeypatch.undo()
+    assert not (output / "predictions.json").exists() and not (output / "manifest.csv").exists()
+    assert list((output / PARTS_DIR_NAME).glob("*.jsonl"))
+
+    with pytest.raises(ConfigError, match="not empty.*--overwrite.*--skip-existing"):
+        _run(_local_random_init_run, images, output)
+
+    result = _run(_local_random_init_run, images, output, existing="skip")
+    assert (result.ok, result.skipped, result.errors) == (2, 2, 0)
+    statuses = {row["path"]: row["status"] for row in _manifest(output)}
+    assert statuses == {
+        "00000.jpg": "skipped",
+        "00001.jpg": "skipped",
+        "00002.jpg": "ok",
+        "00003.jpg": "ok",
+    }
+    first = _load(output, "predictions.json")
+    assert len(first) == sum(int(r["instances"]) for r in _manifest(output)) > 0
+    assert not (output / PARTS_DIR_NAME).exists()
+
+    # A finished job: a lost output and a new input are the only work.
+    (output / "00001.jpg").unlink()
+    shutil.copy(sample_dataset.val_images / "00004.jpg", images / "00004.jpg")
+    result = _run(_local_random_init_run, images, output, existing="skip")
+    assert (result.ok, result.skipped) == (2, 3)
+    statuses = {row["path"]: row["status"] for row in _manifest(output)}
+    assert [p for p, s in statuses.items() if s == "ok"] == ["00001.jpg", "00004.jpg"]
+    second = _load(output, "predictions.json")
+    assert len(second) == sum(int(r["instances"]) for r in _manifest(output))
+    _assert_same_predictions(first, [p for p in second if p["image_id"] <= 4])
+
+
+def test_classes_and_list_sources(tmp_path, _local_random_init_run, sample_dataset):
+    listing = tmp_path / "lists" / "inputs.txt"
+    listing.parent.mkdir()
+    listing.write_text(
+        f"{sample_dataset.val_images}/00006.jpg\n{sample_dataset.val_images}/00007.jpg\n"
+    )
+    names = list(load_predict_cfg(_options(_local_random_init_run, tmp_path)).INSTSEG.THING_CLASSES)
+    keep = names[1]
+    output = tmp_path / "out"
+    opts = ["INSTSEG.PREDICT.RENDER", "False", "INSTSEG.PREDICT.CLASSES", repr([keep])]
+    result = _run(_local_random_init_run, listing, output, opts)
+    assert result.ok == 2
+    predictions = _load(output, "predictions.json")
+    assert {p["category_id"] for p in predictions} <= {names.index(keep) + 1}
+    assert [row["path"] for row in _manifest(output)] == ["00006.jpg", "00007.jpg"]
+    assert not list(output.glob("*.jpg"))  # rendering off
+
+    with pytest.raises(ConfigError, match="unknown class"):
+        _run(
+            _local_random_init_run,
+            listing,
+            tmp_path / "o2",
+            ["INSTSEG.PREDICT.CLASSES", "['nope']"],
+        )
+
+
+def test_two_processes_merge_like_one(tmp_path, reference, _local_random_init_run, sample_dataset):
+    output = tmp_path / "two"
+    result = _run(
+        _local_random_init_run,
+        f"{reference['images']}/**/*.jpg",
+        output,
+        ["INSTSEG.PREDICT.SAVE_MASKS", "True"],
+        coco_json=str(sample_dataset.val_json),
+        num_workers=2,
+    )
+    assert (result.total, result.ok, result.errors) == (len(LAYOUT), len(LAYOUT), 0)
+    reference_output = reference["output"]
+
+    def rows(folder):
+        return sorted((r["path"], r["status"], r["instances"]) for r in _manifest(folder))
+
+    assert rows(output) == rows(reference_output)
+    _assert_same_predictions(
+        _load(output, "predictions.json"), _load(reference_output, "predictions.json")
+    )
+    assert _load(output, "images.json") == _load(reference_output, "images.json")
+    assert not (output / PARTS_DIR_NAME).exists()
+
+
+def test_cli(tmp_path, _local_random_init_run, sample_dataset):
+    folder = _copy_tree(sample_dataset, tmp_path / "in", LAYOUT[:2])
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    instseg = Path(sys.executable).with_name("instseg")
+    command = [
+        str(instseg),
+        "predict",
+        str(folder),
+        "--config",
+        str(_local_random_init_run / "config.yaml"),
+        "--weights",
+        str(_local_random_init_run / "model_final.pth"),
+        "--output",
+        str(tmp_path / "out"),
+        "--no-render",
+        "--max-detections",
+        "2",
+        "--no-progress",
+        *PREDICT_OPTS[:4],  # KEY VALUE overrides, then an option: both count
+        "--classes",
+        "ellipse,star",
+    ]
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "3 input(s): 2 ok, 1 failed, 0 skipped" in done.stdout
+    assert "images/s" in done.stdout
+    rows = {row["path"]: row["status"] for row in _manifest(tmp_path / "out")}
+    assert rows == {"00000.jpg": "ok", "sub/00001.jpg": "ok", "broken.jpg": "error"}
+    config = (tmp_path / "out" / "config.yaml").read_text()
+    assert "DETECTIONS_PER_IMAGE: 2" in config and "SCORE_THRESH_TEST: 0.0" in config
+    assert {p["category_id"] for p in _load(tmp_path / "out", "predictions.json")} <= {1, 4}
+
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 2 and "not empty" in again.stderr
