@@ -154,7 +154,7 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="project YAML, e.g. RUN/config.yaml; repeat to merge several (later wins)",
+        help="project YAML (required), e.g. RUN/config.yaml; repeat to merge several (later wins)",
     )
     parser.add_argument("--weights", metavar="FILE", help="checkpoint (required)")
     parser.add_argument("--output", metavar="DIR", help="output folder (required)")
@@ -227,6 +227,49 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
         help="processes (one per GPU with CUDA)",
     )
     parser.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
+    add_video_arguments(parser)
+
+
+def add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``instseg predict`` for video inputs; :func:`video_overrides` turns them into
+    config overrides. Options left out keep the config's values."""
+    group = parser.add_argument_group("video inputs")
+    group.add_argument(
+        "--frame-stride", type=int, metavar="N", help="process every N-th frame (default 1)"
+    )
+    group.add_argument("--start", type=float, metavar="SEC", help="first second to process")
+    group.add_argument("--end", type=float, metavar="SEC", help="stop before this second")
+    group.add_argument(
+        "--max-frames", type=int, metavar="N", help="stop after N processed frames per video"
+    )
+    group.add_argument(
+        "--codec",
+        choices=("auto", "h264", "mp4v"),
+        help="output video codec: h264 (PyAV), mp4v (OpenCV) or auto (h264 when available)",
+    )
+
+
+_VIDEO_FLAG_KEYS = (
+    ("frame_stride", "INSTSEG.VIDEO.FRAME_STRIDE"),
+    ("start", "INSTSEG.VIDEO.START"),
+    ("end", "INSTSEG.VIDEO.END"),
+    ("max_frames", "INSTSEG.VIDEO.MAX_FRAMES"),
+    ("codec", "INSTSEG.VIDEO.CODEC"),
+)
+
+
+def _flag_overrides(args: argparse.Namespace, flag_keys) -> list[str]:
+    opts: list[str] = []
+    for dest, key in flag_keys:
+        value = getattr(args, dest, None)
+        if value is not None:
+            opts += [key, str(value)]
+    return opts
+
+
+def video_overrides(args: argparse.Namespace) -> list[str]:
+    """``KEY VALUE`` overrides for :func:`instseg.config.build_cfg` from the video options."""
+    return _flag_overrides(args, _VIDEO_FLAG_KEYS)
 
 
 # Command-line flags of `instseg predict` and the config keys they set.
@@ -248,10 +291,7 @@ def build_predict_options(args: argparse.Namespace):
         if not getattr(args, flag):
             raise ConfigError(f"predict: --{flag} is required")
     opts = list(args.opts or [])
-    for dest, key in _PREDICT_FLAG_KEYS:
-        value = getattr(args, dest, None)
-        if value is not None:
-            opts += [key, str(value)]
+    opts += _flag_overrides(args, _PREDICT_FLAG_KEYS) + video_overrides(args)
     if args.classes is not None:
         names = [name.strip() for name in args.classes.split(",") if name.strip()]
         opts += ["INSTSEG.PREDICT.CLASSES", repr(names)]
@@ -296,10 +336,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
         failed = [r for r in results if not r.ok]
         print(f"{len(results)} video(s): {len(results) - len(failed)} ok, {len(failed)} failed")
         return 1 if failed else 0
-    result = predict_images(cfg, source, options)
+    try:
+        result = predict_images(cfg, source, options)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished inputs are kept in {options.output_dir}; run the same "
+            "command with --skip-existing to predict the rest",
+            file=sys.stderr,
+        )
+        return 130
     print(result.timing_line())
     print(result.summary_line())
     return result.exit_status
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from instseg.demo import run_demo
+
+    summary = run_demo(args.output, quick=args.quick, weights=args.weights)
+    for line in summary.lines():
+        print(line)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,17 +431,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="config overrides",
     )
     predict.set_defaults(func=cmd_predict, existing=None)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run everything on the built-in sample dataset (offline) and write a report",
+    )
+    demo.add_argument("--output", default="output/demo", help="demo folder (default: %(default)s)")
+    demo.add_argument("--quick", action="store_true", help="short schedule: a few minutes on a CPU")
+    demo.add_argument("--weights", help="fine-tune from this checkpoint instead of from scratch")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from instseg.config import ConfigError
+    from instseg.errors import InstsegError
 
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except InstsegError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -16,18 +16,17 @@ import torch
 from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
+from instseg.errors import ConfigError
 from instseg.writers import atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["ConfigError", "add_instseg_config", "build_cfg", "resolve_config_path", "save_cfg"]
 
 # Repository folder holding the project YAMLs; `configs/NAME.yaml` may be given as NAME alone.
 PROJECT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be merged; the message is one line for the user."""
 
 
 def add_instseg_config(cfg: CfgNode) -> None:

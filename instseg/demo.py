@@ -192,11 +192,10 @@ def _write_demo_report(
         ReportSection("Original / predicted masks / overlay", images=panels),
         ReportSection(
             "Annotated video",
-            f"{video.frames} frames; {video.summary_line()}"
-            if hasattr(video, "summary_line")
-            else f"{video.output}",
+            f"{video.frames} frames at {video.fps:.0f} fps, {video.width}x{video.height}; "
+            f"{video.throughput:.1f} frames/s through the pipeline.",
             links=[
-                ("annotated video", Path(video.output)),
+                ("annotated video", Path(video.video)),
                 ("per-frame predictions (JSON lines)", Path(video.predictions)),
             ],
         ),

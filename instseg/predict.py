@@ -30,6 +30,9 @@ so the layout mirrors the input tree; ``<stem>`` is ``<rel>`` without its extens
   status is ok, error (``error`` says why in one line naming the file) or skipped (done by an
   earlier run, see below).
 
+Inputs whose output names would clash (``a.jpg`` and ``a.png`` both giving ``a.masks.png``) keep
+their whole name in them instead (``a.jpg.masks.png``, ``a.png.masks.png``).
+
 Ids: image ids are 1, 2, ... in input order, category ids are the model's contiguous class ids
 plus 1. With a COCO dataset JSON (``PredictOptions.coco_json``), inputs whose relative path (or,
 failing that, unique base name) is a ``file_name`` of the dataset take that image's id, and
@@ -39,9 +42,9 @@ Crash safety: every output file is written under a temporary name and renamed in
 process appends one flushed line per input to its own part file in ``DIR/.instseg-parts/``; the
 final predictions.json, images.json and manifest.csv are assembled from the part files at the end
 (streamed, in input order) and the part files removed. An interrupted job leaves its part files,
-never a truncated final file; re-running with ``existing="skip"`` reuses them: an input whose
-last recorded row is ok and whose image outputs exist is not predicted again, and its earlier
-results are copied into the new predictions.json.
+never a truncated final file. Re-running with ``existing="skip"`` reuses them, and the final
+files of a finished run: an input whose last recorded row is ok and whose image outputs exist is
+not predicted again, and its earlier results are copied into the new predictions.json.
 
 Scale-out: ``num_workers`` processes (Detectron2's ``launch``: gloo on CPU, one process per GPU
 with CUDA) each take every N-th input of the to-do list; ids come from the full sorted input list,

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from instseg.config import ConfigError
-from instseg.validation import _jpeg_has_end_marker
+from instseg.validation import jpeg_has_end_marker
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pbm", ".pgm"}
     | {".ppm", ".pnm", ".pxm", ".sr", ".ras", ".jp2", ".hdr", ".pic"}
 )
-# The same endings as instseg.video uses, so both sides agree on what a video is.
+# File name endings treated as videos (lower case); instseg.video uses this same set.
 VIDEO_EXTENSIONS = frozenset(
     {".3gp", ".avi", ".flv", ".m2ts", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".mts"}
     | {".ogv", ".ts", ".webm", ".wmv"}
@@ -251,7 +251,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(f"{name}: cannot read file: {e.strerror or e}") from None
     if not data:
         raise ImageReadError(f"{name}: empty file (0 bytes)")
-    if data.startswith(_JPEG_MAGIC) and not _jpeg_has_end_marker(name):
+    if data.startswith(_JPEG_MAGIC) and not jpeg_has_end_marker(name):
         raise ImageReadError(f"{name}: truncated JPEG (no end-of-image marker)")
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)

@@ -6,6 +6,7 @@ import functools
 import logging
 import math
 import os
+import sys
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,8 +231,16 @@ def setup_run(cfg: CfgNode) -> None:
     if comm.is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
     for name in ("detectron2", "fvcore", "instseg"):
+        named_logger = logging.getLogger(name)
+        console_streams = (sys.stdout, sys.stderr)
+        # A previous run in this process logged to its own log.txt: detach that file.
+        for handler in list(named_logger.handlers):
+            if getattr(handler, "stream", None) not in console_streams:
+                named_logger.removeHandler(handler)
         # Log to the console only where nobody did yet (a spawned worker, a script).
-        console = not any(type(h) is logging.StreamHandler for h in logging.getLogger(name).handlers)
+        console = not any(
+            getattr(h, "stream", None) in console_streams for h in named_logger.handlers
+        )
         setup_logger(
             str(output_dir), rank, name=name, abbrev_name=name[:2], configure_stdout=console
         )

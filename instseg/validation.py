@@ -532,7 +532,7 @@ class _DatasetChecker:
             logger.debug("Reading %s failed", path, exc_info=True)
             self.error(label, f"corrupt image file: {type(exc).__name__}: {exc}", file=path)
             return
-        if image_format == "JPEG" and not _jpeg_has_end_marker(path):
+        if image_format == "JPEG" and not jpeg_has_end_marker(path):
             self.error(
                 label, "JPEG data has no end-of-image marker; the file looks truncated", file=path
             )
@@ -592,7 +592,7 @@ def _exif_orientation(exif_bytes: bytes | None) -> int | None:
     return exif.get(_EXIF_ORIENTATION_TAG)
 
 
-def _jpeg_has_end_marker(path: str) -> bool:
+def jpeg_has_end_marker(path: str) -> bool:
     with open(path, "rb") as jpeg_file:
         jpeg_file.seek(0, os.SEEK_END)
         jpeg_file.seek(max(0, jpeg_file.tell() - _JPEG_TAIL_BYTES))

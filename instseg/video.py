@@ -20,13 +20,13 @@ memory stays flat for any length and the model does not wait on decoding, drawin
         (thread) -> encode + JSONL write (thread)
 
 Every stage is one thread fed in order, so frames stay in order. A failure in any stage stops
-all of them and is raised in the calling thread. Drawing and encoding run in separate threads:
-on two cores that measured faster than one thread doing both (scripts/bench_video.py --merged).
+all of them and is raised in the calling thread. Drawing and encoding have a thread each: with
+the fast renderer on two cores, one thread doing both measured the same within noise
+(scripts/bench_video.py --merged), and separate threads let encoding overlap a slow renderer.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -48,6 +48,7 @@ from instseg.config import ConfigError
 from instseg.datasets import build_metadata
 from instseg.predictor import BatchPredictor, ModelInput, class_filter, filter_instances
 from instseg.render import RENDERERS, Renderer, build_renderer
+from instseg.sources import VIDEO_EXTENSIONS, is_video_path
 from instseg.video_io import (
     VideoError,
     VideoFrame,
@@ -70,36 +71,14 @@ __all__ = [
     "VideoReadError",
     "VideoResult",
     "VideoWriteError",
-    "add_video_arguments",
     "instances_to_records",
     "is_video_path",
     "output_paths",
     "predict_video",
     "predict_videos",
     "resolve_renderer_name",
-    "video_overrides",
 ]
 
-# File name endings treated as videos (lower case); anything FFmpeg reads works when named here.
-VIDEO_EXTENSIONS = frozenset(
-    {
-        ".3gp",
-        ".avi",
-        ".flv",
-        ".m2ts",
-        ".m4v",
-        ".mkv",
-        ".mov",
-        ".mp4",
-        ".mpeg",
-        ".mpg",
-        ".mts",
-        ".ogv",
-        ".ts",
-        ".webm",
-        ".wmv",
-    }
-)
 STAGES = ("decode", "model", "render", "encode")
 CODECS = ("auto", "h264", "mp4v")
 PREDICTIONS_SUFFIX = ".predictions.jsonl"
@@ -121,11 +100,6 @@ class _Cancelled(Exception):
 
 
 # ----------------------------------------------------------------------------- options
-
-
-def is_video_path(path: str | Path) -> bool:
-    """True when the name ends in a video extension (case-insensitive); the file is not opened."""
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
 def resolve_renderer_name(name: str, video: bool = True) -> str:
@@ -195,44 +169,6 @@ def _options_from_cfg(cls: type[VideoOptions], cfg: CfgNode) -> VideoOptions:
         render=bool(predict.RENDER),
         renderer=renderer,
     )
-
-
-def add_video_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the video options of ``instseg predict``; :func:`video_overrides` turns them into
-    config overrides. Options left out keep the config's values."""
-    group = parser.add_argument_group("video inputs")
-    group.add_argument(
-        "--frame-stride", type=int, metavar="N", help="process every N-th frame (default 1)"
-    )
-    group.add_argument("--start", type=float, metavar="SEC", help="first second to process")
-    group.add_argument("--end", type=float, metavar="SEC", help="stop before this second")
-    group.add_argument(
-        "--max-frames", type=int, metavar="N", help="stop after N processed frames per video"
-    )
-    group.add_argument(
-        "--codec",
-        choices=CODECS,
-        help="output video codec: h264 (PyAV), mp4v (OpenCV) or auto (h264 when available)",
-    )
-
-
-_ARG_KEYS = (
-    ("frame_stride", "INSTSEG.VIDEO.FRAME_STRIDE"),
-    ("start", "INSTSEG.VIDEO.START"),
-    ("end", "INSTSEG.VIDEO.END"),
-    ("max_frames", "INSTSEG.VIDEO.MAX_FRAMES"),
-    ("codec", "INSTSEG.VIDEO.CODEC"),
-)
-
-
-def video_overrides(args: argparse.Namespace) -> list[str]:
-    """``KEY VALUE`` overrides for :func:`instseg.config.build_cfg` from the parsed options."""
-    opts: list[str] = []
-    for dest, key in _ARG_KEYS:
-        value = getattr(args, dest, None)
-        if value is not None:
-            opts += [key, str(value)]
-    return opts
 
 
 # ----------------------------------------------------------------------------- results
@@ -376,7 +312,7 @@ class _Pipeline:
         def run() -> None:
             try:
                 target()
-            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            except BaseException as exc:  # handed to the calling thread
                 self.fail(exc)
 
         thread = threading.Thread(target=run, name=f"instseg-video-{name}", daemon=True)
@@ -457,7 +393,9 @@ class _VideoJob:
                 self.pipeline.put(out, _Item(frame, model_input, warm_up=warm_up))
                 count += 1
         finally:
-            frames.close()
+            close = getattr(frames, "close", None)  # releases the decoder when stopped early
+            if close is not None:
+                close()
         self.pipeline.put(out, _END)
 
     def _model(self, inq: queue.Queue, out: queue.Queue) -> None:
@@ -571,7 +509,7 @@ class _VideoJob:
         return 0.0
 
 
-# Render and encode in one thread instead of two (measured with scripts/bench_video.py).
+# Render and encode in one thread instead of two; scripts/bench_video.py --merged compares them.
 _MERGE_RENDER_ENCODE = False
 
 

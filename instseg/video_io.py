@@ -33,6 +33,8 @@ try:
 except ImportError:  # the OpenCV paths still work without PyAV
     av = None
 
+from instseg.errors import InstsegError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -66,7 +68,7 @@ _TS_NEGATIVE = 0x40000
 _MIN_TICKS_PER_SECOND = 90000
 
 
-class VideoError(RuntimeError):
+class VideoError(InstsegError, RuntimeError):
     """Base class for video input/output failures."""
 
 

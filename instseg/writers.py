@@ -20,6 +20,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+# The process umask, read once (reading it means setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -33,6 +37,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates owner-only files; give the output the mode a plain open() would.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -229,7 +235,8 @@ def read_json_line(path: str | os.PathLike, offset: int) -> object:
 
 
 class CsvWriter(AtomicTextFile):
-    """A CSV file with a header row, written row by row, atomically (see :class:`AtomicTextFile`)."""
+    """A CSV file with a header row, written row by row and atomically (see
+    :class:`AtomicTextFile`)."""
 
     def __init__(self, path: str | os.PathLike, columns: Sequence[str]):
         super().__init__(path, newline="")

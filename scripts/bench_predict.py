@@ -9,8 +9,9 @@ run:
 (c) :func:`instseg.predict.predict_images`, rendering on with the Visualizer renderer.
 
 Each figure is steady-state images/s: the first batch (or image) of each pays one-off start-up
-costs and is left out. ``--rounds`` repeats (a), (b), (c) in alternating order and keeps the best
-round of each, since other processes sharing the CPU only ever slow a round down. Then the peak
+costs and is left out. ``--rounds`` repeats (a), (b), (c), each round in another order; the
+images/s printed are each method's best round (other processes sharing the CPU only ever slow a
+round down), the ratios the median of the ratios within each round (taken under the same load). Then the peak
 RSS of ``instseg predict`` processes on 50 and 500 small images (demo R18 config, random init,
 rendering on) shows whether memory grows with the number of inputs.
 
@@ -23,9 +24,11 @@ Without ``--weights`` the model is the config's, randomly initialised (no downlo
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -122,9 +125,11 @@ def naive_loop(cfg, paths: list[Path], out_dir: Path) -> float:
     return (len(paths) - 1) / (time.perf_counter() - start)
 
 
-def pipeline(cfg, image_dir: Path, out_dir: Path) -> tuple[float, float]:
+def pipeline(cfg, image_dir: Path, out_dir: Path, workers: int) -> tuple[float, float]:
     """(c): steady-state images/s of predict_images, and its end-to-end images/s."""
-    options = PredictOptions(output_dir=str(out_dir), existing="overwrite", progress=False)
+    options = PredictOptions(
+        output_dir=str(out_dir), existing="overwrite", progress=False, num_workers=workers
+    )
     result = predict_images(cfg, str(image_dir), options)
     if result.errors:
         raise RuntimeError(f"predict failed on {result.errors} image(s)")
@@ -173,7 +178,8 @@ def main() -> None:
     parser.add_argument("--size", type=parse_size, default=(640, 480), help="WxH (640x480)")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"model config ({DEFAULT_CONFIG})")
     parser.add_argument("--weights", help="trained checkpoint (default: random init)")
-    parser.add_argument("--batch-size", type=int, default=2, help="(a) and (c) batch size (2)")
+    parser.add_argument("--batch-size", type=int, default=1, help="(a) and (c) batch size (1)")
+    parser.add_argument("--num-workers", type=int, default=1, help="(c) processes (1)")
     parser.add_argument("--detections", type=int, default=10, help="instances per image (10)")
     parser.add_argument("--rounds", type=int, default=1, help="repeat (a), (b), (c) (default 1)")
     parser.add_argument("--skip-rss", action="store_true", help="leave out the RSS part")
@@ -210,40 +216,50 @@ def main() -> None:
     width, height = args.size
     print(
         f"{args.images} images {width}x{height}, {args.config}, batch {args.batch_size}, "
+        f"(c) in {args.num_workers} process(es), "
         f"{args.detections} instances/image, torch threads {torch.get_num_threads()}, "
         f"{os.cpu_count()} CPUs"
     )
 
+    # Every order of the three, in turn, so none always runs first or last; ratios are taken
+    # within each round (same machine load) and their median reported.
+    orders = list(itertools.permutations(("model", "naive", "predict")))
     runs: dict[str, list[float]] = {"model": [], "naive": [], "predict": [], "predict_e2e": []}
     for round_index in range(args.rounds):
-        order = (
-            ("model", "naive", "predict") if round_index % 2 == 0 else ("predict", "naive", "model")
-        )
-        for name in order:
+        for name in orders[round_index % len(orders)]:
             if name == "model":
                 runs["model"].append(model_only(cfg, paths, args.batch_size))
             elif name == "naive":
                 runs["naive"].append(naive_loop(cfg, paths, work / "naive"))
             else:
-                steady, end_to_end = pipeline(cfg, image_dir, work / "predict")
+                steady, end_to_end = pipeline(cfg, image_dir, work / "predict", args.num_workers)
                 runs["predict"].append(steady)
                 runs["predict_e2e"].append(end_to_end)
         print(
             f"round {round_index + 1}: "
             + ", ".join(f"{k} {v[-1]:.3f}" for k, v in runs.items())
-            + " images/s"
+            + f" images/s; c/a {runs['predict'][-1] / runs['model'][-1]:.2f}, "
+            f"c/b {runs['predict'][-1] / runs['naive'][-1]:.2f}"
         )
     best = {name: max(values) for name, values in runs.items()}
     ratios = {
-        "c_over_a": best["predict"] / best["model"],
-        "c_over_b": best["predict"] / best["naive"],
+        "c_over_a": statistics.median(
+            c / a for c, a in zip(runs["predict"], runs["model"], strict=True)
+        ),
+        "c_over_b": statistics.median(
+            c / b for c, b in zip(runs["predict"], runs["naive"], strict=True)
+        ),
     }
-    print(f"(a) model only        {best['model']:.3f} images/s")
+    print(f"(a) model only        {best['model']:.3f} images/s (best round)")
     print(f"(b) naive loop        {best['naive']:.3f} images/s")
     print(
-        f"(c) instseg predict   {best['predict']:.3f} images/s (end to end {best['predict_e2e']:.3f})"
+        f"(c) instseg predict   {best['predict']:.3f} images/s "
+        f"(end to end {best['predict_e2e']:.3f})"
     )
-    print(f"c/a {ratios['c_over_a']:.2f} (target >= 0.85), c/b {ratios['c_over_b']:.2f} (>= 1.15)")
+    print(
+        f"median of per-round ratios: c/a {ratios['c_over_a']:.2f} (target >= 0.85), "
+        f"c/b {ratios['c_over_b']:.2f} (>= 1.15)"
+    )
 
     figures = {
         "images": args.images,
@@ -251,6 +267,7 @@ def main() -> None:
         "height": height,
         "config": args.config,
         "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
         "rounds": args.rounds,
         "model_images_per_s": round(best["model"], 3),
         "naive_images_per_s": round(best["naive"], 3),
@@ -285,7 +302,8 @@ def main() -> None:
             )
         growth = rss[max(RSS_COUNTS)] - rss[min(RSS_COUNTS)]
         print(
-            f"RSS growth {min(RSS_COUNTS)} -> {max(RSS_COUNTS)} images: {growth:.0f} MB (target <= 150)"
+            f"RSS growth {min(RSS_COUNTS)} -> {max(RSS_COUNTS)} images: {growth:.0f} MB "
+            "(target <= 150)"
         )
         figures.update(
             {f"rss_mb_{count}": round(value, 1) for count, value in rss.items()}

@@ -89,15 +89,18 @@ def test_numbers_equal_official_cocoeval(evaluation, sample_dataset):
             if official < 0:  # undefined: no ground truth in that size range
                 assert math.isnan(reported), (iou_type, metric)
             else:
-                assert reported / 100 == pytest.approx(official, abs=1e-4), (iou_type, metric)
+                assert reported / 100 == pytest.approx(official, rel=1e-6, abs=1e-9), (
+                    iou_type,
+                    metric,
+                )
         precision = coco_eval.eval["precision"]  # [IoU, recall, class, area, max dets]
         for k, cat_id in enumerate(coco_eval.params.catIds):
             values = precision[:, :, k, 0, -1]
             values = values[values > -1]
             official = float(np.mean(values)) if values.size else float("nan")
-            name = gt.loadCats(cat_id)[0]["name"]
+            name = gt.cats[int(cat_id)]["name"]
             reported = results[iou_type][f"AP-{name}"]
-            assert reported / 100 == pytest.approx(official, abs=1e-4, nan_ok=True), name
+            assert reported / 100 == pytest.approx(official, rel=1e-6, abs=1e-9, nan_ok=True), name
 
 
 def test_cli_eval_prints_the_ap_table(trained_run, dataset_names, tmp_path):

@@ -222,6 +222,7 @@ def test_bad_files_are_error_rows(tmp_path, _local_random_init_run, sample_datas
     folder.mkdir()
     good = cv2.imread(str(sample_dataset.val_images / "00004.jpg"))
     cv2.imwrite(str(folder / "good.jpg"), good)
+    cv2.imwrite(str(folder / "good.png"), good)  # same stem: output names keep the extension
     cv2.imwrite(str(folder / "one_pixel.png"), good[:1, :1])
     cv2.imwrite(str(folder / "deep16.png"), good.astype(np.uint16) * 257)
     cv2.imwrite(str(folder / "gray.png"), cv2.cvtColor(good, cv2.COLOR_BGR2GRAY))
@@ -233,8 +234,8 @@ def test_bad_files_are_error_rows(tmp_path, _local_random_init_run, sample_datas
     bad = {"truncated.jpg": "truncated JPEG", "empty.jpg": "empty file", "text.png": "not an image"}
 
     output = tmp_path / "out"
-    result = _run(_local_random_init_run, folder, output)
-    assert (result.ok, result.errors, result.exit_status) == (5, 3, 1)
+    result = _run(_local_random_init_run, folder, output, ["INSTSEG.PREDICT.SAVE_MASKS", "True"])
+    assert (result.ok, result.errors, result.exit_status) == (6, 3, 1)
     rows = _manifest(output)
     assert sorted(row["path"] for row in rows) == sorted(p.name for p in folder.iterdir())
     for row in rows:
@@ -250,7 +251,16 @@ def test_bad_files_are_error_rows(tmp_path, _local_random_init_run, sample_datas
     sizes = {
         i["file_name"]: (i["width"], i["height"]) for i in _load(output, "images.json")["images"]
     }
-    assert sizes["one_pixel.png"] == (1, 1) and len(sizes) == 5
+    assert sizes["one_pixel.png"] == (1, 1) and len(sizes) == 6
+    masks = sorted(p.name for p in output.glob("*.masks.png"))
+    assert masks == [
+        "deep16.masks.png",
+        "good.jpg.masks.png",
+        "good.png.masks.png",
+        "gray.masks.png",
+        "one_pixel.masks.png",
+        "rgba.masks.png",
+    ]
     total = sum(int(row["instances"]) for row in rows)
     assert len(_load(output, "predictions.json")) == total == result.instances > 0
 

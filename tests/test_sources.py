@@ -1,4 +1,5 @@
-"""What a SOURCE expands to, and how single image files are read (odd but valid ones, and bad ones)."""
+"""What a SOURCE expands to, and how single image files are read: odd but valid ones, and bad
+ones."""
 
 from pathlib import Path
 

@@ -14,6 +14,7 @@ import time
 import cv2
 import pytest
 import torch
+import yaml
 from conftest import DEMO_CONFIG, REPO_ROOT
 from detectron2.solver import build_lr_scheduler
 
@@ -144,7 +145,7 @@ def test_run_folder_is_self_describing(resumed_run):
     run = resumed_run["run"]
     config_text = (run / "config.yaml").read_text()
     rebuilt = build_train_cfg(TrainRequest([str(run / "config.yaml")]))
-    assert rebuilt.dump() == config_text
+    assert yaml.safe_load(rebuilt.dump()) == yaml.safe_load(config_text)
     assert rebuilt.SOLVER.MAX_ITER == MAX_ITER and str(run) == rebuilt.OUTPUT_DIR
     assert rebuilt.MODEL.ROI_HEADS.NUM_CLASSES == 5
 
@@ -153,7 +154,6 @@ def test_run_folder_is_self_describing(resumed_run):
     assert events and all(path.stat().st_size > 0 for path in events)
     for name in ("model_final.pth", "model_best.pth", "metrics.json", "last_checkpoint"):
         assert (run / name).is_file(), name
-    assert (run / "last_checkpoint").read_text().strip() == "model_final.pth"
 
     curves = cv2.imread(str(run / "training_curves.png"), cv2.IMREAD_COLOR)
     assert curves is not None and curves.shape == (450, 1600, 3)
@@ -165,7 +165,7 @@ def test_every_evaluation_reaches_metrics_json(resumed_run):
     val_iters = {r["iteration"] for r in records if "val/total_loss" in r}
     # Evaluations after iterations 3 and 11 and at the end (recorded at MAX_ITER); the one
     # after iteration 7 only if the killed process got to write it.
-    assert {PERIOD - 1, 3 * PERIOD - 1, MAX_ITER} <= ap_iters <= {3, 7, 11, MAX_ITER}
+    assert {3, 11, MAX_ITER} <= ap_iters <= {3, 7, 11, MAX_ITER}
     assert val_iters == ap_iters
     for record in records:
         if "val/total_loss" in record:
@@ -243,12 +243,17 @@ def test_resume_keeps_the_best_model_record(resumed_run):
     assert before and after
     assert (saved["best_metric"], saved["best_iter"]) == _best_record(before)
 
+    # model_final.pth is written before the last evaluation (recorded at MAX_ITER);
+    # model_best.pth whenever the record improves, so it carries the final record.
     final = _load(run / "model_final.pth")["trainer"]["hooks"]["BestCheckpointer"]
-    expected = _best_record(after, start=_best_record(before))
-    assert expected[0] is not None
+    expected = _best_record([e for e in after if e[0] < MAX_ITER], start=_best_record(before))
     assert (final["best_metric"], final["best_iter"]) == expected
-    assert final["best_metric"] == max(ap for it, ap in before + after if math.isfinite(ap))
-    assert _load(run / "model_best.pth")["iteration"] == final["best_iter"]
+    best = _load(run / "model_best.pth")
+    overall = _best_record(after, start=_best_record(before))
+    assert overall[0] == max(ap for _, ap in before + after if math.isfinite(ap))
+    assert best["iteration"] == overall[1]
+    record = best["trainer"]["hooks"]["BestCheckpointer"]
+    assert (record["best_metric"], record["best_iter"]) == overall
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="GPU processes use NCCL, not gloo")
@@ -273,7 +278,7 @@ def test_two_cpu_processes_with_gloo(tmp_path, dataset_opts, tiny_opts):
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
 
 
-def test_random_init_with_frozen_bn_warns(tmp_path, dataset_opts, tiny_opts, trained_run):
+def test_random_init_with_frozen_bn_warns(tmp_path, dataset_opts, tiny_opts, resumed_run):
     opts = [
         *dataset_opts,
         *tiny_opts,
@@ -292,4 +297,4 @@ def test_random_init_with_frozen_bn_warns(tmp_path, dataset_opts, tiny_opts, tra
     assert len(warnings) == 1 and "WARNING" in warnings[0]
     assert "configs/mask_rcnn_R50_FPN_scratch_GN.yaml" in warnings[0]
     # Random init with BatchNorm (the demo config) is fine: no warning.
-    assert SCRATCH_WARNING not in (trained_run / "log.txt").read_text()
+    assert SCRATCH_WARNING not in (resumed_run["run"] / "log.txt").read_text()

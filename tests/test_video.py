@@ -14,17 +14,16 @@ import pytest
 import torch
 from detectron2.engine import DefaultPredictor
 
+from instseg.cli import add_video_arguments, video_overrides
 from instseg.config import ConfigError
 from instseg.predictor import BatchPredictor, load_model_config
 from instseg.sample_data import iter_sample_video_frames
 from instseg.video import (
     VideoResult,
-    add_video_arguments,
     instances_to_records,
     is_video_path,
     predict_video,
     predict_videos,
-    video_overrides,
 )
 from instseg.video_io import (
     VideoReadError,
@@ -159,29 +158,37 @@ def test_output_matches_input_and_keeps_audio(make_cfg, predictor, tmp_path, cod
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "clip.predictions.jsonl"]
 
 
+@pytest.fixture(scope="module")
+def reference_clip(tmp_path_factory, model_files):
+    """A clip, and DefaultPredictor's instances for each of its decoded frames."""
+    clip = make_clip(tmp_path_factory.mktemp("reference") / "clip.mp4")
+    reference = DefaultPredictor(load_model_config(*model_files))
+    with open_video(clip) as source:
+        expected = [reference(frame.image)["instances"].to("cpu") for frame in source]
+    return clip, expected
+
+
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_predictions_equal_default_predictor(make_cfg, predictor, tmp_path, batch_size):
+def test_predictions_equal_default_predictor(
+    make_cfg, predictor, tmp_path, reference_clip, batch_size
+):
     """Batch 1 is DefaultPredictor exactly; batched forward passes differ in float rounding."""
-    clip = make_clip(tmp_path / "clip.mp4")
+    clip, reference = reference_clip
     cfg = make_cfg("INSTSEG.PREDICT.BATCH_SIZE", str(batch_size))
     result = predict_video(cfg, clip, tmp_path / "out", predictor=predictor, progress=False)
     lines = read_jsonl(result.predictions)
     atol = 1e-4 if batch_size == 1 else 1e-2
+    names = cfg.INSTSEG.THING_CLASSES
 
-    reference = DefaultPredictor(cfg)
-    with open_video(clip) as source:
-        frames = list(source)
-    assert len(lines) == len(frames) == NUM_FRAMES
+    assert len(lines) == len(reference) == NUM_FRAMES
     total = 0
-    for line, frame in zip(lines, frames, strict=True):
-        expected = reference(frame.image)["instances"].to("cpu")
+    for line, expected in zip(lines, reference, strict=True):
         got = line["instances"]
         assert len(got) == len(expected)
         total += len(got)
         if not got:
             continue
         assert [g["class_id"] for g in got] == expected.pred_classes.tolist()
-        names = cfg.INSTSEG.THING_CLASSES
         assert [g["class_name"] for g in got] == [names[c] for c in expected.pred_classes]
         np.testing.assert_allclose(
             [g["score"] for g in got], expected.scores.numpy(), rtol=0, atol=atol
@@ -304,6 +311,15 @@ def test_text_file_named_mp4_is_one_clear_error(make_cfg, predictor, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_empty_selection_is_one_clear_error(make_cfg, predictor, tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", n=4)
+    out = tmp_path / "out"
+    with pytest.raises(VideoReadError, match="no frames to process"):
+        predict_video(make_cfg("INSTSEG.VIDEO.START", "5.0"), clip, out, predictor=predictor)
+    assert list(out.iterdir()) == []
+    assert no_stage_threads()
+
+
 def test_folder_with_a_bad_file_goes_on(make_cfg, predictor, tmp_path, caplog):
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -322,6 +338,7 @@ def test_folder_with_a_bad_file_goes_on(make_cfg, predictor, tmp_path, caplog):
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and str(videos / "b.mp4") in errors[0].getMessage()
     assert "3 annotated, 0 skipped, 1 failed" in caplog.text
+    assert "per frame: decode" in caplog.text  # the stage timing summary
     assert sorted(p.name for p in out.glob("*.mp4")) == ["a.mp4", "c_mkv.mp4", "c_mp4.mp4"]
 
     # A second run leaves finished outputs alone unless asked to overwrite.
@@ -337,11 +354,21 @@ def test_output_never_replaces_the_input(make_cfg, predictor, tmp_path):
     assert clip.read_bytes() == before
 
 
-@pytest.mark.parametrize("stage", ["render", "model"])
+@pytest.mark.parametrize("stage", ["decode", "model", "render", "encode"])
 def test_stage_failure_propagates_and_leaves_nothing(
     make_cfg, predictor, tmp_path, monkeypatch, stage
 ):
+    """A failure on the third frame of any stage is raised, stops every thread, leaves no file."""
+    from instseg.render import FastRenderer
+
     clip = make_clip(tmp_path / "clip.mp4")
+    owner, attribute = {
+        "decode": (predictor, "preprocess"),
+        "model": (predictor, "predict"),
+        "render": (FastRenderer, "draw"),
+        "encode": (VideoWriter, "write"),
+    }[stage]
+    original = getattr(owner, attribute)
     calls = []
 
     def broken(*args, **kwargs):
@@ -350,14 +377,7 @@ def test_stage_failure_propagates_and_leaves_nothing(
             raise RuntimeError(f"{stage} exploded")
         return original(*args, **kwargs)
 
-    if stage == "render":
-        from instseg.render import FastRenderer
-
-        original = FastRenderer.draw
-        monkeypatch.setattr(FastRenderer, "draw", lambda self, *a: broken(self, *a))
-    else:
-        original = predictor.predict
-        monkeypatch.setattr(predictor, "predict", broken)
+    monkeypatch.setattr(owner, attribute, broken)
     out = tmp_path / "out"
     cfg = make_cfg("INSTSEG.PREDICT.QUEUE_SIZE", "1")
     with pytest.raises(RuntimeError, match=f"{stage} exploded"):
