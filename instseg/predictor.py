@@ -2,7 +2,8 @@
 
 :class:`BatchPredictor` is Detectron2's ``DefaultPredictor`` split into its two halves,
 preprocessing (resize, to tensor: runs in a worker thread) and the forward pass (several images
-per call), giving the same instances as ``DefaultPredictor.__call__`` on each image.
+per call), giving the same instances as ``DefaultPredictor.__call__`` on each image (exactly
+with batch size 1; to float rounding, ~1e-3 px, when several images share a forward pass).
 """
 
 import logging

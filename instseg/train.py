@@ -224,6 +224,10 @@ class Trainer(DefaultTrainer):
         return hook_list
 
 
+# Short logger names in console lines, as Detectron2 abbreviates its own.
+_LOG_ABBREV = {"detectron2": "d2", "fvcore": "fvcore", "instseg": "instseg"}
+
+
 def setup_run(cfg: CfgNode) -> None:
     """Make the run folder self-describing: log.txt, config.yaml; seed the RNGs."""
     output_dir = Path(cfg.OUTPUT_DIR)
