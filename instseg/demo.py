@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_CONFIG = "demo_R18_FPN_cpu"
 # --quick: a shorter schedule (same data and model) that still learns every class.
-QUICK_OPTS = ["SOLVER.MAX_ITER", "300", "SOLVER.STEPS", "(220, 270)", "TEST.EVAL_PERIOD", "0"]
+QUICK_OPTS = ["SOLVER.MAX_ITER", "180", "SOLVER.STEPS", "(140, 165)", "TEST.EVAL_PERIOD", "0"]
 VIDEO_FRAMES, VIDEO_FPS, VIDEO_SIZE = 48, 12, (256, 320)
 THREE_PANEL_IMAGES = 3
 GRID_IMAGES = 12
