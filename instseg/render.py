@@ -277,6 +277,8 @@ class Renderer(ABC):
         self.metadata = metadata if metadata is not None else Metadata()
         self.video = bool(video)
         self.last_colors: list[Color] = []
+        # VideoVisualizer-based colour tracking shared by both renderers (video only).
+        self._tracker = _ColorTracker(self.metadata) if self.video else None
 
     @abstractmethod
     def draw(self, image_bgr: np.ndarray, instances: Instances) -> np.ndarray:
@@ -291,9 +293,10 @@ class Renderer(ABC):
             np.ndarray: HxWx3 uint8, BGR, same size as the input; the input is not modified.
         """
 
-    @abstractmethod
     def reset(self) -> None:
         """Forget tracked video colours, e.g. before starting another video."""
+        if self.video:
+            self._tracker = _ColorTracker(self.metadata)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(video={self.video})"
@@ -303,14 +306,6 @@ class VisualizerRenderer(Renderer):
     """Reference rendering through Detectron2's ``Visualizer`` (images) / ``VideoVisualizer``."""
 
     name = "visualizer"
-
-    def __init__(self, metadata: Metadata | None, video: bool = False):
-        super().__init__(metadata, video)
-        self._tracker = _ColorTracker(self.metadata) if self.video else None
-
-    def reset(self) -> None:
-        if self.video:
-            self._tracker = _ColorTracker(self.metadata)
 
     def draw(self, image_bgr: np.ndarray, instances: Instances) -> np.ndarray:
         image = _as_bgr_uint8(image_bgr)
@@ -368,11 +363,6 @@ class FastRenderer(Renderer):
     ):
         super().__init__(metadata, video)
         self.draw_boxes = draw_boxes
-        self._tracker = _ColorTracker(self.metadata) if self.video else None
-
-    def reset(self) -> None:
-        if self.video:
-            self._tracker = _ColorTracker(self.metadata)
 
     def draw(self, image_bgr: np.ndarray, instances: Instances) -> np.ndarray:
         image = _as_bgr_uint8(image_bgr)
