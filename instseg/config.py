@@ -67,6 +67,9 @@ def add_instseg_config(cfg: CfgNode) -> None:
     _C.INSTSEG.PREDICT.BATCH_SIZE = 1
     # Keep only these class names (empty: all classes).
     _C.INSTSEG.PREDICT.CLASSES = []
+    # Fold eval-mode norms into convolutions and run channels-last: faster on CPU, same instances
+    # as DefaultPredictor to float rounding. False: the model exactly as DefaultPredictor builds it.
+    _C.INSTSEG.PREDICT.OPTIMIZE_MODEL = True
     # Draw annotated images / videos.
     _C.INSTSEG.PREDICT.RENDER = True
     # "visualizer" (Detectron2's Visualizer / VideoVisualizer), "fast" (OpenCV drawing of the

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.structures import Instances
 
 from instseg.config import ConfigError, build_cfg
@@ -36,7 +37,16 @@ class ModelInput:
 
 
 class BatchPredictor(DefaultPredictor):
-    """DefaultPredictor that preprocesses separately and runs several images per forward pass."""
+    """DefaultPredictor that preprocesses separately and runs several images per forward pass.
+
+    With ``INSTSEG.PREDICT.OPTIMIZE_MODEL`` the loaded model's eval-mode norms are folded into
+    their convolutions and its weights stored channels-last (:func:`optimize_for_inference`).
+    """
+
+    def __init__(self, cfg: CfgNode):
+        super().__init__(cfg)
+        if cfg.INSTSEG.PREDICT.OPTIMIZE_MODEL:
+            optimize_for_inference(self.model)
 
     def preprocess(self, image_bgr: np.ndarray) -> ModelInput:
         """image_bgr (np.ndarray): H x W x 3 uint8 in BGR order, as cv2.imread returns it."""
@@ -68,6 +78,54 @@ class BatchPredictor(DefaultPredictor):
             for i, output in zip(indices, self.model(batch), strict=True):
                 results[i] = output["instances"].to("cpu")
         return results
+
+
+def fold_norms(model: torch.nn.Module) -> int:
+    """Fold each eval-mode (Frozen)BatchNorm that follows a Detectron2 ``Conv2d`` into its weights.
+
+    Such a norm is a fixed per-channel scale and shift, which the convolution can apply itself:
+    one pass over every feature map less. Returns the number of folded norms.
+    """
+    folded = 0
+    for conv in model.modules():
+        if not isinstance(conv, Conv2d):
+            continue
+        norm = conv.norm
+        if not (isinstance(norm, FrozenBatchNorm2d) or _is_foldable_batch_norm(norm)):
+            continue
+        with torch.no_grad():
+            # The same arithmetic as FrozenBatchNorm2d.forward / F.batch_norm in eval mode.
+            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+            shift = norm.bias - norm.running_mean * scale
+            if conv.bias is not None:
+                shift = shift + conv.bias * scale
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+            conv.bias = torch.nn.Parameter(shift)
+        conv.norm = None
+        folded += 1
+    return folded
+
+
+def _is_foldable_batch_norm(norm: torch.nn.Module | None) -> bool:
+    return (
+        isinstance(norm, torch.nn.BatchNorm2d)
+        and not norm.training
+        and norm.affine
+        and norm.track_running_stats
+    )
+
+
+def optimize_for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold norms into convolutions and store conv weights channels-last (NHWC).
+
+    On CPU, oneDNN convolutions run natively in NHWC: NCHW weights make every convolution
+    convert its input and output. Instances match the unmodified model's to float rounding
+    (tests compare against ``DefaultPredictor``). Call on a model in eval mode, after loading.
+    """
+    folded = fold_norms(model)
+    model.to(memory_format=torch.channels_last)
+    logger.info("Inference model: %d norms folded into convolutions, weights channels-last", folded)
+    return model
 
 
 def load_model_config(

@@ -1,10 +1,11 @@
 """Deterministic synthetic COCO instance-segmentation data: the embedded default dataset.
 
 The demo and the tests need data that exists without downloads, is byte-identical for a seed, and
-is hard enough that a model must learn shape rather than colour: every instance has a random
-colour and texture, backgrounds are cluttered with unannotated strokes and soft blobs, and objects
-occlude each other (annotations cover the visible part only). Shapes stay crisp and distractors
-stay thinner than the smallest object so that a small Mask R-CNN still learns it on a CPU.
+is hard enough that a model must learn shape: colour only hints at the class (each class draws its
+hue from a band overlapping its neighbours'), every instance has its own texture, backgrounds are
+cluttered with unannotated strokes and soft blobs, and objects occlude each other (annotations
+cover the visible part only). Objects stand out from what they cover and distractors stay thinner
+than the smallest object, so that a small Mask R-CNN learns it from scratch on a CPU in minutes.
 
 The scene-drawing pieces (``SceneObject``, ``make_background``, ``draw_scene``) are public so that
 moving-object videos (``iter_sample_video_frames``) share the same classes and look.
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 CLASS_NAMES: tuple[str, ...] = ("ellipse", "triangle", "rectangle", "star", "cross")
 TEXTURES: tuple[str, ...] = ("stripes", "checker", "gradient", "noise")
 
-DEFAULT_NUM_TRAIN = 200
+DEFAULT_NUM_TRAIN = 400
 DEFAULT_NUM_VAL = 50
 DEFAULT_IMAGE_SIZE = (256, 256)
 # Fixed so that the same seed gives the same JPEG bytes.
@@ -41,8 +42,17 @@ MIN_OBJECT_SIZE = 12.0
 MIN_VISIBLE_AREA = 24
 # A new object is only placed if every object it covers keeps this fraction of its pixels.
 MIN_VISIBLE_FRACTION = 0.5
-MIN_OBJECTS_PER_IMAGE = 2
-MAX_OBJECTS_PER_IMAGE = 8
+MIN_OBJECTS_PER_IMAGE = 3
+MAX_OBJECTS_PER_IMAGE = 10
+# Half-width of each class's hue band; class centres are 1/len(CLASS_NAMES) = 0.2 apart, so
+# neighbouring bands overlap and 40% of hues are shared by two classes (more so once saturation
+# is low or texture mixes in a second hue).
+CLASS_HUE_SPREAD = 0.14
+# Least mean BGR distance between an object and the background it covers: every annotated object
+# is visible to a person, as in a real dataset (camouflaged objects would be label noise here).
+MIN_OBJECT_CONTRAST = 60.0
+# Colour draws per object before the most contrasting one is kept.
+_CONTRAST_TRIES = 12
 # Contours are traced on a mask upsampled by this factor so polygons follow the pixel edges (a
 # polygon through boundary pixel centres re-rasterises a pixel ring too small).
 _CONTOUR_UPSAMPLE = 4
@@ -52,7 +62,7 @@ _CONTOUR_TOLERANCE = 1.5
 # cv2.fillPoly fixed-point bits, so sub-pixel vertices (smooth rotation in videos) are honoured.
 _FILL_SHIFT = 4
 # Exponent on the uniform draw of log-size; below 1 it favours mid-sized objects.
-_SIZE_SKEW = 0.7
+_SIZE_SKEW = 0.5
 # Sensor noise on finished images, so object interiors are not perfectly flat.
 _SENSOR_NOISE_SIGMA = 3.0
 
@@ -118,9 +128,9 @@ def _unit_outlines() -> tuple[np.ndarray, ...]:
     triangle = np.stack([np.cos(triangle_angles), np.sin(triangle_angles)], axis=1)
     rectangle = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64) / math.sqrt(2)
     star_angles = np.radians(-90.0 + 36.0 * np.arange(10))
-    star_radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
+    star_radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.5)
     star = np.stack([star_radii * np.cos(star_angles), star_radii * np.sin(star_angles)], axis=1)
-    arm = 0.3
+    arm = 0.36
     cross = np.array(
         [
             [arm, -1],
@@ -170,7 +180,7 @@ def random_scene_object(
     if max_size is None:
         max_size = 0.5 * min(height, width)
     max_size = max(max_size, MIN_OBJECT_SIZE)
-    # Log-scale sizes, skewed towards mid sizes so that tiny shapes are a minority (~1 in 6).
+    # Log-scale sizes, skewed towards mid sizes so that tiny shapes are a minority (~1 in 20 under 20 px).
     log_fraction = rng.uniform(0.0, 1.0) ** _SIZE_SKEW
     size = float(MIN_OBJECT_SIZE * (max_size / MIN_OBJECT_SIZE) ** log_fraction)
     # Centres may sit near the border so some objects are cut by the image edge.
@@ -179,28 +189,51 @@ def random_scene_object(
         float(rng.uniform(margin, width - margin)),
         float(rng.uniform(margin, height - margin)),
     )
-    hue = rng.uniform(0.0, 1.0)
-    saturation = rng.uniform(0.3, 1.0)
-    value = rng.uniform(0.3, 1.0)
-    # The second texture colour differs clearly in brightness so the pattern is visible.
-    value_shift = rng.uniform(0.25, 0.5)
-    second_value = value - value_shift if value > 0.6 else value + value_shift
-    second_hue = hue + rng.uniform(-0.15, 0.15) if rng.random() < 0.5 else rng.uniform(0.0, 1.0)
-    return SceneObject(
+    geometry = SceneObject(
         class_index=class_index,
         center=center,
         size=size,
         angle=float(rng.uniform(0.0, 360.0)),
+        color=(0, 0, 0),
+        aspect=float(rng.uniform(*_ASPECT_RANGES[class_index])),
+    )
+    return with_random_appearance(rng, geometry)
+
+
+def with_random_appearance(rng: np.random.Generator, obj: SceneObject) -> SceneObject:
+    """A copy of ``obj`` with a new random colour and texture (geometry kept).
+
+    The hue comes from the class's band (CLASS_HUE_SPREAD around its centre): like real
+    categories, colour hints at the class without deciding it where neighbouring bands overlap.
+    """
+    hue = obj.class_index / len(CLASS_NAMES) + rng.uniform(-CLASS_HUE_SPREAD, CLASS_HUE_SPREAD)
+    saturation = rng.uniform(0.3, 1.0)
+    value = rng.uniform(0.3, 1.0)
+    # The second texture colour is a visible but milder variation of the first, so the pattern
+    # decorates the shape instead of breaking it into pieces.
+    value_shift = rng.uniform(0.15, 0.3)
+    second_value = value - value_shift if value > 0.6 else value + value_shift
+    second_hue = hue + rng.uniform(-0.12, 0.12)
+    return dataclasses.replace(
+        obj,
         color=_hsv_to_bgr(hue, saturation, value),
         texture=TEXTURES[int(rng.integers(len(TEXTURES)))],
         texture_color=_hsv_to_bgr(
             second_hue, rng.uniform(0.2, 1.0), float(np.clip(second_value, 0.08, 1.0))
         ),
-        texture_period=float(max(3.0, size * rng.uniform(0.1, 0.3))),
+        texture_period=float(max(4.0, obj.size * rng.uniform(0.15, 0.35))),
         texture_angle=float(rng.uniform(0.0, 180.0)),
         texture_seed=int(rng.integers(2**31)),
-        aspect=float(rng.uniform(*_ASPECT_RANGES[class_index])),
     )
+
+
+def _mean_color(obj: SceneObject) -> np.ndarray:
+    return (np.asarray(obj.color, np.float32) + np.asarray(obj.texture_color, np.float32)) / 2.0
+
+
+def _contrast(obj: SceneObject, underneath: np.ndarray) -> float:
+    """Mean BGR distance between the object's average colour and the (N, 3) pixels it covers."""
+    return float(np.linalg.norm(underneath - _mean_color(obj), axis=1).mean())
 
 
 def _rasterize(obj: SceneObject, height: int, width: int) -> tuple[int, int, np.ndarray] | None:
@@ -311,7 +344,7 @@ def make_background(rng: np.random.Generator, height: int, width: int) -> np.nda
     canvas += rng.standard_normal((height, width, 3), dtype=np.float32) * 5.0
     background = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
 
-    for _ in range(int(rng.integers(5, 14))):
+    for _ in range(int(rng.integers(3, 9))):
         points = [rng.uniform((0.0, 0.0), (width, height))]
         for _ in range(int(rng.integers(1, 5))):
             step = rng.uniform(-0.35, 0.35, size=2) * (width, height)
@@ -355,16 +388,21 @@ def _has_holes(mask: np.ndarray) -> bool:
 
 
 def sample_scene_objects(
-    rng: np.random.Generator, height: int, width: int, count: int
+    rng: np.random.Generator, background: np.ndarray, count: int
 ) -> list[SceneObject]:
-    """Up to ``count`` random objects in drawing order, with occlusion kept partial.
+    """Up to ``count`` random objects for ``background`` in drawing order, occlusion kept partial.
 
     A candidate is rejected if it would hide more than half of an earlier object or punch a hole
-    into one (COCO polygons cannot describe holes).
+    into one (COCO polygons cannot describe holes). Each accepted object's colour is redrawn until
+    it stands out from what it covers (MIN_OBJECT_CONTRAST), keeping the best of a few draws.
     """
+    height, width = background.shape[:2]
     objects: list[SceneObject] = []
     full_areas: list[int] = []
     owner = np.full((height, width), -1, dtype=np.int16)
+    # The background with each accepted object painted in its average colour: what a new object
+    # would be seen against.
+    underlay = background.astype(np.float32)
     for _ in range(count * 8):
         if len(objects) >= count:
             break
@@ -390,6 +428,16 @@ def sample_scene_objects(
                 acceptable = False
                 break
         if acceptable:
+            underneath = underlay[y0 : y0 + patch_h, x0 : x0 + patch_w][local_mask]
+            best_contrast = _contrast(candidate, underneath)
+            for _ in range(_CONTRAST_TRIES):
+                if best_contrast >= MIN_OBJECT_CONTRAST:
+                    break
+                recoloured = with_random_appearance(rng, candidate)
+                contrast = _contrast(recoloured, underneath)
+                if contrast > best_contrast:
+                    candidate, best_contrast = recoloured, contrast
+            underlay[y0 : y0 + patch_h, x0 : x0 + patch_w][local_mask] = _mean_color(candidate)
             objects.append(candidate)
             full_areas.append(full_area)
             owner = trial
@@ -469,7 +517,7 @@ def render_sample_image(
     rng = np.random.default_rng(seed)
     background = make_background(rng, height, width)
     count = int(rng.integers(MIN_OBJECTS_PER_IMAGE, MAX_OBJECTS_PER_IMAGE + 1))
-    objects = sample_scene_objects(rng, height, width, count)
+    objects = sample_scene_objects(rng, background, count)
     image, visible_masks = draw_scene(background, objects)
     noise = rng.standard_normal(image.shape, dtype=np.float32) * _SENSOR_NOISE_SIGMA
     image = np.clip(image.astype(np.float32) + noise + 0.5, 0, 255).astype(np.uint8)

@@ -3,7 +3,9 @@
 On the same generated images (sample-dataset scenes, written as JPEGs) and the same model, in one
 run:
 
-(a) model only: preprocessed tensors straight into the model, batch by batch (the limit);
+(a) model only: preprocessed tensors straight into the model, batch by batch (the limit), with
+    the model as instseg runs it (norms folded, channels-last: ``INSTSEG.PREDICT.OPTIMIZE_MODEL``);
+    (a0), the same with Detectron2's model unmodified, is printed for reference;
 (b) the naive loop of Detectron2's demo: ``cv2.imread``, ``DefaultPredictor``, ``Visualizer``,
     ``cv2.imwrite``, one image at a time;
 (c) :func:`instseg.predict.predict_images`, rendering on with the Visualizer renderer.
@@ -103,6 +105,15 @@ def model_only(cfg, paths: list[Path], batch_size: int) -> float:
     for batch in batches[1:]:
         predictor.predict(batch)
     return sum(len(b) for b in batches[1:]) / (time.perf_counter() - start)
+
+
+def with_stock_model(cfg):
+    """``cfg`` with the model left as Detectron2 builds it (no folding, no channels-last)."""
+    stock = cfg.clone()
+    stock.defrost()
+    stock.INSTSEG.PREDICT.OPTIMIZE_MODEL = False
+    stock.freeze()
+    return stock
 
 
 def naive_loop(cfg, paths: list[Path], out_dir: Path) -> float:
@@ -224,11 +235,20 @@ def main() -> None:
     # Every order of the three, in turn, so none always runs first or last; ratios are taken
     # within each round (same machine load) and their median reported.
     orders = list(itertools.permutations(("model", "naive", "predict")))
-    runs: dict[str, list[float]] = {"model": [], "naive": [], "predict": [], "predict_e2e": []}
+    runs: dict[str, list[float]] = {
+        "model": [],
+        "model_stock": [],
+        "naive": [],
+        "predict": [],
+        "predict_e2e": [],
+    }
     for round_index in range(args.rounds):
         for name in orders[round_index % len(orders)]:
             if name == "model":
                 runs["model"].append(model_only(cfg, paths, args.batch_size))
+                runs["model_stock"].append(
+                    model_only(with_stock_model(cfg), paths, args.batch_size)
+                )
             elif name == "naive":
                 runs["naive"].append(naive_loop(cfg, paths, work / "naive"))
             else:
@@ -251,6 +271,7 @@ def main() -> None:
         ),
     }
     print(f"(a) model only        {best['model']:.3f} images/s (best round)")
+    print(f"(a0) unmodified model {best['model_stock']:.3f} images/s")
     print(f"(b) naive loop        {best['naive']:.3f} images/s")
     print(
         f"(c) instseg predict   {best['predict']:.3f} images/s "
@@ -270,6 +291,7 @@ def main() -> None:
         "num_workers": args.num_workers,
         "rounds": args.rounds,
         "model_images_per_s": round(best["model"], 3),
+        "stock_model_images_per_s": round(best["model_stock"], 3),
         "naive_images_per_s": round(best["naive"], 3),
         "predict_images_per_s": round(best["predict"], 3),
         "predict_end_to_end_images_per_s": round(best["predict_e2e"], 3),

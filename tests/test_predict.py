@@ -135,18 +135,18 @@ def reference(tmp_path_factory, _local_random_init_run, sample_dataset):
     return {"images": images, "output": output, "result": result}
 
 
-def test_predictions_equal_default_predictor(reference, _local_random_init_run, sample_dataset):
-    output = reference["output"]
-    cfg = load_predict_cfg(_options(_local_random_init_run, output))
+def _assert_equal_default_predictor(output, images, run_dir, sample_dataset, max_flipped):
+    """Every image's results are DefaultPredictor's, in its order: boxes and scores to 1e-4,
+    classes equal, masks with at most ``max_flipped`` differing pixels each."""
+    cfg = load_predict_cfg(_options(run_dir, output))
     predictor = DefaultPredictor(cfg)
     id_of = {
         image["file_name"]: image["id"]
         for image in _load(sample_dataset.val_json.parent, "val.json")["images"]
     }
     predictions = _load(output, "predictions.json")
-    assert reference["result"].ok == len(LAYOUT) and reference["result"].exit_status == 0
     for src, rel in LAYOUT:
-        expected = predictor(cv2.imread(str(reference["images"] / rel)))["instances"]
+        expected = predictor(cv2.imread(str(images / rel)))["instances"]
         got = [p for p in predictions if p["image_id"] == id_of[src]]
         assert len(got) == len(expected) == DETECTIONS
         boxes = expected.pred_boxes.tensor.numpy()
@@ -156,7 +156,36 @@ def test_predictions_equal_default_predictor(reference, _local_random_init_run, 
             assert result["score"] == pytest.approx(float(expected.scores[k]), abs=1e-4)
             assert result["category_id"] == int(expected.pred_classes[k]) + 1  # val ids are 1..5
             mask = mask_util.decode(result["segmentation"]).astype(bool)
-            assert np.array_equal(mask, expected.pred_masks[k].numpy())
+            assert (mask != expected.pred_masks[k].numpy()).sum() <= max_flipped
+
+
+def test_predictions_equal_default_predictor(reference, _local_random_init_run, sample_dataset):
+    """The default run (norms folded, channels-last, batches of 3) matches DefaultPredictor to
+    float rounding, which may flip a pixel whose mask probability sits at the threshold."""
+    assert reference["result"].ok == len(LAYOUT) and reference["result"].exit_status == 0
+    _assert_equal_default_predictor(
+        reference["output"], reference["images"], _local_random_init_run, sample_dataset, 1
+    )
+
+
+def test_unoptimized_predictions_are_default_predictor_exactly(
+    reference, _local_random_init_run, sample_dataset, tmp_path
+):
+    """With INSTSEG.PREDICT.OPTIMIZE_MODEL off and batch 1 the model is DefaultPredictor's own:
+    the same masks pixel for pixel."""
+    output = tmp_path / "out"
+    opts = ["INSTSEG.PREDICT.OPTIMIZE_MODEL", "False", "INSTSEG.PREDICT.RENDER", "False"]
+    result = _run(
+        _local_random_init_run,
+        reference["images"],
+        output,
+        opts,
+        coco_json=str(sample_dataset.val_json),
+    )
+    assert result.ok == len(LAYOUT) and result.exit_status == 0
+    _assert_equal_default_predictor(
+        output, reference["images"], _local_random_init_run, sample_dataset, 0
+    )
 
 
 def test_predictions_evaluate_against_the_dataset(reference, sample_dataset):

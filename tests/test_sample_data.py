@@ -11,6 +11,7 @@ from pycocotools.coco import COCO
 
 from instseg.sample_data import (
     CLASS_NAMES,
+    MAX_OBJECTS_PER_IMAGE,
     MIN_VISIBLE_AREA,
     SampleDataset,
     SceneObject,
@@ -105,7 +106,7 @@ def test_loads_with_pycocotools_and_matches_images(generated):
             image = cv2.imread(str(image_dir / image_info["file_name"]))
             assert image.shape == (image_info["height"], image_info["width"], 3)
             annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_info["id"]))
-            assert 1 <= len(annotations) <= 8
+            assert 1 <= len(annotations) <= MAX_OBJECTS_PER_IMAGE
         ann_ids = coco.getAnnIds()
         assert len(set(ann_ids)) == len(ann_ids) and min(ann_ids) >= 1
         for annotation in coco.loadAnns(ann_ids):

@@ -148,8 +148,9 @@ def test_output_matches_input_and_keeps_audio(make_cfg, predictor, tmp_path, cod
         assert (output.width, output.height) == (source.width, source.height)
         assert output.has_audio
         assert len(list(output)) == NUM_FRAMES
-    # Annotated frames compress about like the source, not like raw frames.
-    assert result.written.bytes < 8 * clip.stat().st_size
+        raw_bytes = NUM_FRAMES * source.width * source.height * 3
+    # The frames went through a real codec (mp4v, the weakest, gives about 1/6 of raw BGR).
+    assert result.written.bytes < raw_bytes / 3
     lines = read_jsonl(out / "clip.predictions.jsonl")
     assert [line["frame"] for line in lines] == list(range(NUM_FRAMES))
     assert [line["time"] for line in lines] == pytest.approx(
@@ -168,14 +169,26 @@ def reference_clip(tmp_path_factory, model_files):
     return clip, expected
 
 
-@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize(
+    ("batch_size", "optimize", "max_flipped"),
+    [(1, False, 0.0), (1, True, 1e-5), (3, True, 1e-3)],
+    ids=["exact", "optimized", "batched"],
+)
 def test_predictions_equal_default_predictor(
-    make_cfg, predictor, tmp_path, reference_clip, batch_size
+    make_cfg, predictor, tmp_path, reference_clip, batch_size, optimize, max_flipped
 ):
-    """Batch 1 is DefaultPredictor exactly; batched forward passes differ in float rounding."""
+    """Batch 1 on the unmodified model is DefaultPredictor exactly; the folded channels-last model
+    (the default) matches to float rounding, which can flip a pixel whose mask probability sits at
+    the threshold; batched forward passes differ a little more (features near padded borders)."""
     clip, reference = reference_clip
-    cfg = make_cfg("INSTSEG.PREDICT.BATCH_SIZE", str(batch_size))
-    result = predict_video(cfg, clip, tmp_path / "out", predictor=predictor, progress=False)
+    cfg = make_cfg(
+        "INSTSEG.PREDICT.BATCH_SIZE",
+        str(batch_size),
+        "INSTSEG.PREDICT.OPTIMIZE_MODEL",
+        str(optimize),
+    )
+    run_predictor = predictor if optimize else BatchPredictor(cfg)
+    result = predict_video(cfg, clip, tmp_path / "out", predictor=run_predictor, progress=False)
     lines = read_jsonl(result.predictions)
     atol = 1e-4 if batch_size == 1 else 1e-2
     names = cfg.INSTSEG.THING_CLASSES
@@ -198,10 +211,7 @@ def test_predictions_equal_default_predictor(
         )
         decoded = mask_util.decode([g["mask"] for g in got]).transpose(2, 0, 1).astype(bool)
         masks = expected.pred_masks.numpy()
-        if batch_size == 1:
-            np.testing.assert_array_equal(decoded, masks)
-        else:
-            assert (decoded != masks).sum() <= 0.001 * masks.size
+        assert (decoded != masks).sum() <= max_flipped * masks.size
     assert total > 0, "the test model should find something in these frames"
 
 
