@@ -59,9 +59,7 @@ import heapq
 import json
 import logging
 import os
-import queue
 import shutil
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -79,6 +77,7 @@ from tqdm import tqdm
 
 from instseg.config import ConfigError, save_cfg
 from instseg.datasets import build_metadata, load_coco_categories
+from instseg.pipeline import END, StageThreads
 from instseg.predictor import (
     BatchPredictor,
     ModelInput,
@@ -135,9 +134,6 @@ STAGES = ("decode", "preprocess", "model", "render", "write")
 OK, ERROR, SKIPPED = "ok", "error", "skipped"
 # Formats OpenCV encodes; annotated images of other formats are written as JPEG.
 _WRITABLE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-# How often blocked queue operations look for a failure in another stage (seconds).
-_POLL_S = 0.1
-_JOIN_TIMEOUT_S = 60.0
 
 
 # ----------------------------------------------------------------------------- options
@@ -636,17 +632,6 @@ class _Item:
     warm_up: bool = False  # in the first batch
 
 
-class _End:
-    """Queue sentinel: no more items."""
-
-
-_END = _End()
-
-
-class _Cancelled(Exception):
-    """Raised inside a stage when another stage failed; never escapes the pipeline."""
-
-
 @dataclass
 class _ShardStats:
     """Counts and stage times of one process (timing sums leave out the first batch)."""
@@ -673,64 +658,21 @@ class _ShardRunner:
         if cfg.INSTSEG.PREDICT.RENDER:
             self.renderer = build_renderer(_renderer_name(cfg), build_metadata(cfg))
         self.predictor = BatchPredictor(cfg) if tasks else None
-        self.decoded: queue.Queue = queue.Queue(maxsize=queue_size)
-        self.predicted: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.threads = StageThreads("predict", queue_size)
+        self.decoded = self.threads.queue()
+        self.predicted = self.threads.queue()
         self.stats = _ShardStats()
-        self._stop = threading.Event()
-        self._errors: list[BaseException] = []
         self._warm_done_at: float | None = None
         self._last_output_at: float | None = None
-
-    # Queue helpers: blocked calls wake up regularly to notice a failure elsewhere.
-
-    def _put(self, q: queue.Queue, item) -> None:
-        while not self._stop.is_set():
-            try:
-                q.put(item, timeout=_POLL_S)
-                return
-            except queue.Full:
-                continue
-        raise _Cancelled
-
-    def _get(self, q: queue.Queue):
-        while True:
-            try:
-                return q.get(timeout=_POLL_S)
-            except queue.Empty:
-                if self._stop.is_set():
-                    raise _Cancelled from None
-
-    def _thread(self, name: str, target) -> threading.Thread:
-        def run() -> None:
-            try:
-                target()
-            except _Cancelled:
-                pass
-            except BaseException as e:  # reported in the main thread
-                self._errors.append(e)
-                self._stop.set()
-
-        thread = threading.Thread(target=run, name=f"instseg-{name}", daemon=True)
-        thread.start()
-        return thread
 
     def run(self) -> _ShardStats:
         JsonLinesWriter(self.job.part_file(self.rank)).close()  # present even for no inputs
         if not self.tasks:
             return self.stats
-        threads = [self._thread("decode", self._decode), self._thread("output", self._output)]
-        try:
-            self._model_loop()
-        except _Cancelled:
-            pass
-        except BaseException:
-            self._stop.set()
-            raise
-        finally:
-            for thread in threads:
-                thread.join(timeout=None if not self._stop.is_set() else _JOIN_TIMEOUT_S)
-        if self._errors:
-            raise self._errors[0]
+        threads = self.threads
+        threads.spawn("decode", self._decode)
+        threads.spawn("output", self._output)
+        threads.run(self._model_loop)
         if self._warm_done_at is not None and self._last_output_at is not None:
             self.stats.timed_wall = max(0.0, self._last_output_at - self._warm_done_at)
         return self.stats
@@ -739,8 +681,7 @@ class _ShardRunner:
 
     def _decode(self) -> None:
         for task in self.tasks:
-            if self._stop.is_set():
-                raise _Cancelled
+            self.threads.check()
             item = _Item(task)
             start = time.perf_counter()
             try:
@@ -754,8 +695,8 @@ class _ShardRunner:
             except Exception as e:  # a valid file the resize rejects (e.g. an extreme shape)
                 item.error = f"{task.path}: cannot prepare image: {type(e).__name__}: {e}"
                 item.image = None
-            self._put(self.decoded, item)
-        self._put(self.decoded, _END)
+            self.threads.put(self.decoded, item)
+        self.threads.put(self.decoded, END)
 
     # Stage 2: the model, in the calling thread.
 
@@ -763,8 +704,8 @@ class _ShardRunner:
         batch: list[_Item] = []
         first = True
         while True:
-            item = self._get(self.decoded)
-            if item is _END:
+            item = self.threads.get(self.decoded)
+            if item is END:
                 break
             batch.append(item)
             if sum(i.error is None for i in batch) >= self.batch_size:
@@ -772,7 +713,7 @@ class _ShardRunner:
                 batch, first = [], False
         if batch:
             self._run_batch(batch, first)
-        self._put(self.predicted, _END)
+        self.threads.put(self.predicted, END)
 
     def _run_batch(self, batch: list[_Item], warm_up: bool) -> None:
         ready = [i for i in batch if i.error is None]
@@ -790,7 +731,7 @@ class _ShardRunner:
                 item.seconds["model"] = share
         for item in batch:
             item.warm_up = warm_up
-            self._put(self.predicted, item)
+            self.threads.put(self.predicted, item)
         if warm_up and self._warm_done_at is None:
             self._warm_done_at = time.perf_counter()
 
@@ -817,8 +758,8 @@ class _ShardRunner:
             tqdm(total=total, desc=desc, unit="img", disable=not show, dynamic_ncols=True) as bar,
         ):
             while True:
-                item = self._get(self.predicted)
-                if item is _END:
+                item = self.threads.get(self.predicted)
+                if item is END:
                     return
                 record = self._write_outputs(item)
                 part.write(record)

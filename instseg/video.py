@@ -31,9 +31,8 @@ import json
 import logging
 import math
 import queue
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from tqdm import tqdm
 
 from instseg.config import ConfigError
 from instseg.datasets import build_metadata
+from instseg.pipeline import END, StageThreads
 from instseg.predictor import BatchPredictor, ModelInput, class_filter, filter_instances
 from instseg.render import RENDERERS, Renderer, build_renderer
 from instseg.sources import VIDEO_EXTENSIONS, is_video_path
@@ -82,23 +82,6 @@ __all__ = [
 STAGES = ("decode", "model", "render", "encode")
 CODECS = ("auto", "h264", "mp4v")
 PREDICTIONS_SUFFIX = ".predictions.jsonl"
-# How often blocked queue operations look for a failure elsewhere (seconds).
-_POLL_S = 0.1
-# How long to wait for a stage thread to wind down after a failure before giving up on it.
-_JOIN_TIMEOUT_S = 30.0
-
-
-class _End:
-    """Queue sentinel: no more frames."""
-
-
-_END = _End()
-
-
-class _Cancelled(Exception):
-    """Raised inside a stage when another stage failed; never escapes the pipeline."""
-
-
 # ----------------------------------------------------------------------------- options
 
 
@@ -270,69 +253,6 @@ class _StageClock:
         return 1000.0 * self.warm_seconds / self.warm_frames if self.warm_frames else 0.0
 
 
-class _Pipeline:
-    """Threads joined by bounded queues; the first failure anywhere stops every stage."""
-
-    def __init__(self, queue_size: int) -> None:
-        self.queue_size = queue_size
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self.threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-
-    def queue(self) -> queue.Queue:
-        return queue.Queue(maxsize=self.queue_size)
-
-    def fail(self, exc: BaseException) -> None:
-        with self._lock:
-            if not isinstance(exc, _Cancelled):
-                self.errors.append(exc)
-        self.stop.set()
-
-    def put(self, q: queue.Queue, item) -> None:
-        while True:
-            if self.stop.is_set():
-                raise _Cancelled
-            try:
-                q.put(item, timeout=_POLL_S)
-                return
-            except queue.Full:
-                continue
-
-    def get(self, q: queue.Queue):
-        while True:
-            if self.stop.is_set():
-                raise _Cancelled
-            try:
-                return q.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-
-    def spawn(self, name: str, target: Callable[[], None]) -> None:
-        def run() -> None:
-            try:
-                target()
-            except BaseException as exc:  # handed to the calling thread
-                self.fail(exc)
-
-        thread = threading.Thread(target=run, name=f"instseg-video-{name}", daemon=True)
-        self.threads.append(thread)
-        thread.start()
-
-    def join(self) -> None:
-        deadline = time.monotonic() + _JOIN_TIMEOUT_S
-        for thread in self.threads:
-            thread.join(
-                timeout=max(0.0, deadline - time.monotonic()) if self.stop.is_set() else None
-            )
-            if thread.is_alive():
-                logger.error("Stage thread %s did not stop in time; leaving it", thread.name)
-
-    def raise_first_error(self) -> None:
-        if self.errors:
-            raise self.errors[0]
-
-
 @dataclass
 class _Item:
     frame: VideoFrame
@@ -373,7 +293,7 @@ class _VideoJob:
         self.last_done_at: float | None = None
         self.warm_frames = 0
         self.written: WrittenVideo | None = None
-        self.pipeline = _Pipeline(options.queue_size)
+        self.pipeline = StageThreads("video", options.queue_size)
 
     # -- stages
 
@@ -396,15 +316,15 @@ class _VideoJob:
             close = getattr(frames, "close", None)  # releases the decoder when stopped early
             if close is not None:
                 close()
-        self.pipeline.put(out, _END)
+        self.pipeline.put(out, END)
 
     def _model(self, inq: queue.Queue, out: queue.Queue) -> None:
         batch: list[_Item] = []
         while True:
             item = self.pipeline.get(inq)
-            if item is not _END:
+            if item is not END:
                 batch.append(item)
-            if batch and (item is _END or len(batch) >= self.options.batch_size):
+            if batch and (item is END or len(batch) >= self.options.batch_size):
                 t0 = time.perf_counter()
                 outputs = self.predictor.predict([b.model_input for b in batch])
                 outputs = [filter_instances(x, self.keep_classes) for x in outputs]
@@ -414,16 +334,16 @@ class _VideoJob:
                     b.instances = instances
                     self.pipeline.put(out, b)
                 batch = []
-            if item is _END:
-                self.pipeline.put(out, _END)
+            if item is END:
+                self.pipeline.put(out, END)
                 return
 
     def _render(self, inq: queue.Queue, out: queue.Queue | None) -> None:
         while True:
             item = self.pipeline.get(inq)
-            if item is _END:
+            if item is END:
                 if out is not None:
-                    self.pipeline.put(out, _END)
+                    self.pipeline.put(out, END)
                 else:
                     self._finish()
                 return
@@ -446,7 +366,7 @@ class _VideoJob:
     def _encode(self, inq: queue.Queue) -> None:
         while True:
             item = self.pipeline.get(inq)
-            if item is _END:
+            if item is END:
                 self._finish()
                 return
             self._encode_one(item)
@@ -486,16 +406,7 @@ class _VideoJob:
             rendered = p.queue()
             p.spawn("render", lambda: self._render(predicted, rendered))
             p.spawn("encode", lambda: self._encode(rendered))
-        try:
-            self._model(decoded, predicted)
-        except BaseException as exc:
-            p.fail(exc)
-        try:
-            p.join()
-        except BaseException as exc:  # e.g. Ctrl-C while the last frames are written
-            p.fail(exc)
-            p.join()
-        p.raise_first_error()
+        p.run(lambda: self._model(decoded, predicted))
 
     def abort(self) -> None:
         if self.writer is not None and self.written is None:
