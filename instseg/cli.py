@@ -52,7 +52,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_validate(args: argparse.Namespace) -> int:
-    from instseg.validation import has_errors, validate_coco_dataset
+    from instseg.data.validate import has_errors, validate_coco_dataset
 
     problems = validate_coco_dataset(args.json, args.images)
     for problem in problems:
@@ -63,14 +63,14 @@ def cmd_dataset_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_stats(args: argparse.Namespace) -> int:
-    from instseg.validation import format_dataset_stats, load_dataset_stats
+    from instseg.data.stats import format_dataset_stats, load_dataset_stats
 
     print(format_dataset_stats(load_dataset_stats(args.json)))
     return 0
 
 
 def cmd_dataset_sample(args: argparse.Namespace) -> int:
-    from instseg.sample_data import write_sample_dataset
+    from instseg.data.sample_data import write_sample_dataset
 
     kwargs = {"seed": args.seed}
     if args.num_train is not None:
@@ -85,7 +85,7 @@ def cmd_dataset_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from instseg.train import TrainRequest, launch_training
+    from instseg.engine.trainer import TrainRequest, launch_training
 
     request = TrainRequest(
         config_files=args.config,
@@ -102,14 +102,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         dist_url=args.dist_url,
     )
     if results:
-        from instseg.evaluate import format_ap_table
+        from instseg.engine.evaluate import format_ap_table
 
         print(format_ap_table(results))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from instseg.evaluate import EvalRequest, format_ap_table, format_per_class_ap, run_evaluation
+    from instseg.engine.evaluate import (
+        EvalRequest,
+        format_ap_table,
+        format_per_class_ap,
+        run_evaluation,
+    )
 
     request = EvalRequest(
         config_files=args.config,
@@ -285,7 +290,7 @@ def build_predict_options(args: argparse.Namespace):
     """The parsed ``instseg predict`` command line as :class:`instseg.predict.PredictOptions`:
     flags become config overrides placed after the ``KEY VALUE`` pairs, so flags win."""
     from instseg.config import ConfigError
-    from instseg.predict import PredictOptions
+    from instseg.inference.predict import PredictOptions
 
     for flag in ("config", "weights", "output"):
         if not getattr(args, flag):
@@ -312,8 +317,8 @@ def build_predict_options(args: argparse.Namespace):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from instseg.predict import load_predict_cfg, predict_images
-    from instseg.sources import resolve_source
+    from instseg.inference.predict import load_predict_cfg, predict_images
+    from instseg.inference.sources import resolve_source
 
     options = build_predict_options(args)
     source = resolve_source(args.source, exclude=options.output_dir)
@@ -321,20 +326,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if source.kind == "videos":
         # Same output-folder rules and config.yaml as for images; instseg.video does the rest.
         from instseg.config import save_cfg
-        from instseg.predict import check_output_dir
-        from instseg.video import predict_videos
+        from instseg.inference.output_dir import check_output_dir
+        from instseg.inference.video import predict_videos
 
         check_output_dir(options.output_dir, options.existing)
-        save_cfg(cfg, Path(options.output_dir) / "config.yaml")
         results = predict_videos(
             cfg,
             [f.path for f in source.files],
             options.output_dir,
             overwrite=options.overwrite,
+            rels=[f.rel for f in source.files],
             progress=options.progress,
         )
+        save_cfg(cfg, Path(options.output_dir) / "config.yaml")
         failed = [r for r in results if not r.ok]
-        print(f"{len(results)} video(s): {len(results) - len(failed)} ok, {len(failed)} failed")
+        skipped = sum(r.skipped for r in results)
+        ok = len(results) - len(failed) - skipped
+        print(f"{len(results)} video(s): {ok} ok, {skipped} skipped, {len(failed)} failed")
         return 1 if failed else 0
     try:
         result = predict_images(cfg, source, options)

@@ -17,7 +17,7 @@ from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
 from instseg.errors import ConfigError
-from instseg.writers import atomic_write_text
+from instseg.io.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

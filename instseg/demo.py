@@ -15,12 +15,18 @@ from pathlib import Path
 import cv2
 
 from instseg.config import ConfigError, resolve_config_path
-from instseg.evaluate import EvalRequest, format_ap_table, format_per_class_ap, run_evaluation
-from instseg.report import ReportSection, draw_three_panel, make_grid, write_png, write_report
-from instseg.sample_data import iter_sample_video_frames, write_sample_dataset
-from instseg.train import TrainRequest, train
-from instseg.validation import has_errors, load_dataset_stats, validate_coco_dataset
-from instseg.video_io import write_test_clip
+from instseg.data.sample_data import iter_sample_video_frames, write_sample_dataset
+from instseg.data.stats import load_dataset_stats
+from instseg.data.validate import has_errors, validate_coco_dataset
+from instseg.engine.evaluate import (
+    EvalRequest,
+    format_ap_table,
+    format_per_class_ap,
+    run_evaluation,
+)
+from instseg.engine.trainer import TrainRequest, train
+from instseg.io.clips import write_test_clip
+from instseg.viz.report import ReportSection, draw_three_panel, make_grid, write_png, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +77,8 @@ def _dataset_opts(sample) -> list[str]:
 
 def run_demo(output_dir: str | os.PathLike, quick: bool = False, weights: str | None = None):
     """Run every stage into ``output_dir``; returns a :class:`DemoSummary`."""
-    from instseg.predict import PredictOptions, load_predict_cfg, predict_images
-    from instseg.video import predict_video
+    from instseg.inference.predict import PredictOptions, load_predict_cfg, predict_images
+    from instseg.inference.video import predict_video
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ def collect_environment() -> list[tuple[str, str]]:
 
     from instseg import __version__
     from instseg.config import default_device
-    from instseg.evaluate import has_compiled_ops, select_cocoeval_backend
+    from instseg.engine.evaluator import has_compiled_ops, select_cocoeval_backend
 
     rows = [
         ("instseg", __version__),

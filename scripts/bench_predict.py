@@ -49,10 +49,11 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 from instseg.config import build_cfg  # noqa: E402
-from instseg.datasets import build_metadata  # noqa: E402
-from instseg.predict import PredictOptions, predict_images  # noqa: E402
-from instseg.predictor import BatchPredictor, load_model_config  # noqa: E402
-from instseg.sample_data import CLASS_NAMES, JPEG_QUALITY, render_sample_image  # noqa: E402
+from instseg.data.catalog import build_metadata  # noqa: E402
+from instseg.data.sample_data import render_sample_image  # noqa: E402
+from instseg.data.sample_shapes import CLASS_NAMES, JPEG_QUALITY  # noqa: E402
+from instseg.inference.predict import PredictOptions, predict_images  # noqa: E402
+from instseg.inference.predictor import BatchPredictor, load_model_config  # noqa: E402
 
 DEFAULT_CONFIG = "configs/mask_rcnn_R50_FPN.yaml"
 RSS_CONFIG = "configs/demo_R18_FPN_cpu.yaml"

@@ -22,9 +22,9 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.logger import setup_logger
 
 from instseg.config import build_cfg
-from instseg.datasets import register_datasets
-from instseg.sample_data import write_sample_dataset
-from instseg.train import Trainer, TrainRequest, train
+from instseg.data.catalog import register_datasets
+from instseg.data.sample_data import write_sample_dataset
+from instseg.engine.trainer import Trainer, TrainRequest, train
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo_R18_FPN_cpu.yaml"

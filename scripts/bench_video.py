@@ -34,13 +34,15 @@ from detectron2.modeling import build_model
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode
 
-from instseg import video as video_module
 from instseg.config import PROJECT_CONFIG_DIR, build_cfg
-from instseg.datasets import build_metadata
-from instseg.predictor import BatchPredictor, load_model_config
-from instseg.sample_data import CLASS_NAMES, iter_sample_video_frames
-from instseg.video import predict_video
-from instseg.video_io import open_video, write_test_clip
+from instseg.data.catalog import build_metadata
+from instseg.data.sample_data import iter_sample_video_frames
+from instseg.data.sample_shapes import CLASS_NAMES
+from instseg.inference import video as video_module
+from instseg.inference.predictor import BatchPredictor, load_model_config
+from instseg.inference.video import predict_video
+from instseg.io.clips import write_test_clip
+from instseg.io.video_reader import open_video
 
 DEFAULT_CONFIG = PROJECT_CONFIG_DIR / "demo_R18_FPN_cpu.yaml"
 

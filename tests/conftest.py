@@ -49,7 +49,7 @@ TINY_OPTS = [
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory):
     """The built-in synthetic dataset (24 train / 8 val images of 128x128 px), written once."""
-    from instseg.sample_data import write_sample_dataset
+    from instseg.data.sample_data import write_sample_dataset
 
     return write_sample_dataset(
         tmp_path_factory.mktemp("sample"),
@@ -91,7 +91,7 @@ def tiny_opts():
 def trained_run(tmp_path_factory, dataset_opts, tiny_opts):
     """Folder of one finished 20-iteration training run of the demo config on ``sample_dataset``:
     config.yaml, model_final.pth, metrics.json, log.txt, last_checkpoint."""
-    from instseg.train import TrainRequest, train
+    from instseg.engine.trainer import TrainRequest, train
 
     run_dir = tmp_path_factory.mktemp("trained_run")
     request = TrainRequest(

@@ -10,7 +10,7 @@ from detectron2 import model_zoo
 from detectron2.config import get_cfg
 
 from instseg.config import ConfigError, build_cfg, save_cfg
-from instseg.sample_data import CLASS_NAMES
+from instseg.data.sample_shapes import CLASS_NAMES
 
 ZOO_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
 

@@ -9,7 +9,7 @@ import cv2
 import matplotlib.figure
 import pytest
 
-from instseg.curves import load_metric_series, plot_training_curves
+from instseg.viz.curves import load_metric_series, plot_training_curves
 
 
 def _write_lines(path, records, tail=""):

@@ -12,7 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from instseg.demo import GRID_IMAGES, THREE_PANEL_IMAGES, VIDEO_FRAMES, VIDEO_SIZE
-from instseg.video_io import open_video
+from instseg.io.video_reader import open_video
 
 
 @pytest.fixture(scope="module")

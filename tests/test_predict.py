@@ -10,8 +10,10 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -25,7 +27,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from instseg.config import PROJECT_CONFIG_DIR, ConfigError
-from instseg.predict import PARTS_DIR_NAME, PredictOptions, load_predict_cfg, predict_images
+from instseg.inference.predict import (
+    PARTS_DIR_NAME,
+    PredictOptions,
+    load_predict_cfg,
+    predict_images,
+)
 
 DEMO_CONFIG = str(PROJECT_CONFIG_DIR / "demo_R18_FPN_cpu.yaml")
 # At most this many instances per image, which keeps drawing cheap.
@@ -224,7 +231,8 @@ def test_output_tree_mirrors_the_inputs(reference):
     for row in _manifest(output):
         assert row["status"] == "ok" and int(row["instances"]) == counts[ids[row["path"]]]
     assert (output / "config.yaml").is_file() and not (output / PARTS_DIR_NAME).exists()
-    assert not list(output.rglob(".*"))  # no temporary files left
+    # No temporary file or commit journal left; only the folder's lock and index are hidden.
+    assert sorted(p.name for p in output.rglob(".*")) == [".instseg-index.json", ".instseg.lock"]
 
 
 def test_mask_pngs_hold_instance_ids_in_score_order(reference):
@@ -297,23 +305,12 @@ def test_bad_files_are_error_rows(tmp_path, _local_random_init_run, sample_datas
 def test_skip_existing_redoes_only_missing(
     tmp_path, _local_random_init_run, sample_dataset, monkeypatch
 ):
-    from instseg import predict
-
     layout = [(f"0000{i}.jpg", f"0000{i}.jpg") for i in range(4)]
     images = _copy_tree(sample_dataset, tmp_path / "images", layout)
     output = tmp_path / "out"
 
     # An interrupted job: the third output write dies. No final file may appear.
-    original = predict._ShardRunner._write_image_outputs
-    calls = []
-
-    def dies_on_third(self, item):
-        calls.append(item.task.rel)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(self, item)
-
-    monkeypatch.setattr(predict._ShardRunner, "_write_image_outputs", dies_on_third)
+    _interrupt_third_write(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         _run(_local_random_init_run, images, output)
     monkeypatch.undo()
@@ -433,3 +430,216 @@ def test_cli(tmp_path, _local_random_init_run, sample_dataset):
 
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_dotdot_glob_keeps_outputs_inside_and_inputs_intact(
+    tmp_path, _local_random_init_run, sample_dataset
+):
+    root = tmp_path / "g"
+    (root / "src" / "sub").mkdir(parents=True)
+    _copy_tree(sample_dataset, root / "other", [("00000.jpg", "x.jpg")])
+    before = _files(root)
+    output = root / "out"
+    result = _run(
+        _local_random_init_run,
+        f"{root}/src/**/../other/*.jpg",
+        output,
+        ["INSTSEG.PREDICT.SAVE_MASKS", "True"],
+    )
+    assert result.ok == 1
+    after = _files(root)
+    assert {k: v for k, v in after.items() if not k.startswith("out/")} == before
+    assert [row["path"] for row in _manifest(output)] == ["x.jpg"]
+    assert {"out/x.jpg", "out/x.masks.png"} <= set(after)
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(
+    tmp_path, _local_random_init_run, sample_dataset
+):
+    images = _copy_tree(sample_dataset, tmp_path / "images", LAYOUT[:2])
+    output = tmp_path / "out"
+    _run(_local_random_init_run, images, output)
+    finished = _files(output)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom instseg.inference.output_dir import OutputLock\n"
+            "with OutputLock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)",
+            str(output),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for existing in ("overwrite", "skip"):
+            with pytest.raises(
+                ConfigError, match=f"in use by another instseg run \\(pid {holder.pid}\\)"
+            ):
+                _run(_local_random_init_run, images, output, existing=existing)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _files(output).keys() - {".instseg.lock"} == finished.keys() - {".instseg.lock"}
+    for name in ("predictions.json", "images.json", "manifest.csv"):
+        assert (output / name).read_bytes() == finished[name]
+
+
+def _interrupt_third_write(monkeypatch):
+    from instseg.inference import predict
+
+    original = predict._ShardRunner._write_image_outputs
+    calls = []
+
+    def dies_on_third(self, item):
+        calls.append(item.task.rel)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, item)
+
+    monkeypatch.setattr(predict._ShardRunner, "_write_image_outputs", dies_on_third)
+
+
+def test_interrupted_overwrite_then_skip_never_mixes_configs(
+    tmp_path, _local_random_init_run, sample_dataset, monkeypatch
+):
+    layout = [(f"0000{i}.jpg", f"0000{i}.jpg") for i in range(4)]
+    images = _copy_tree(sample_dataset, tmp_path / "images", layout)
+    output = tmp_path / "out"
+
+    def detections(n):
+        return ["TEST.DETECTIONS_PER_IMAGE", str(n)]
+
+    _run(_local_random_init_run, images, output, detections(3))
+    _interrupt_third_write(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(_local_random_init_run, images, output, detections(1), existing="overwrite")
+    monkeypatch.undo()
+
+    # A third config: nothing earlier is reused.
+    result = _run(_local_random_init_run, images, output, detections(2), existing="skip")
+    assert (result.ok, result.skipped) == (4, 0)
+    assert {int(r["instances"]) for r in _manifest(output)} == {2}
+    assert "TEST:\n" in (output / "config.yaml").read_text()
+    assert "DETECTIONS_PER_IMAGE: 2" in (output / "config.yaml").read_text()
+
+    # The interrupted run's config again: its two finished inputs are reused, the rest redone.
+    _interrupt_third_write(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(_local_random_init_run, images, output, detections(1), existing="overwrite")
+    monkeypatch.undo()
+    result = _run(_local_random_init_run, images, output, detections(1), existing="skip")
+    assert (result.ok, result.skipped) == (2, 2)
+    assert {int(r["instances"]) for r in _manifest(output)} == {1}
+
+
+def test_skip_existing_predicts_a_changed_image_again(
+    tmp_path, _local_random_init_run, sample_dataset
+):
+    layout = [(f"0000{i}.jpg", f"0000{i}.jpg") for i in range(3)]
+    images = _copy_tree(sample_dataset, tmp_path / "images", layout)
+    output = tmp_path / "out"
+    _run(_local_random_init_run, images, output)
+    replacement = cv2.imread(str(sample_dataset.val_images / "00005.jpg"))
+    cv2.imwrite(str(images / "00001.jpg"), cv2.resize(replacement, (200, 150)))
+    result = _run(_local_random_init_run, images, output, existing="skip")
+    assert (result.ok, result.skipped) == (1, 2)
+    statuses = {row["path"]: row["status"] for row in _manifest(output)}
+    assert statuses["00001.jpg"] == "ok"
+    image = next(i for i in _load(output, "images.json")["images"] if i["file_name"] == "00001.jpg")
+    assert (image["width"], image["height"]) == (200, 150)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_clashing_names_give_distinct_outputs(
+    tmp_path, _local_random_init_run, sample_dataset, workers
+):
+    layout = [
+        ("00000.jpg", "a.jpg"),
+        ("00001.jpg", "a.jpg.png"),
+        ("00002.jpg", "x.jpg"),
+        ("00003.jpg", "x.masks.png"),
+    ]
+    images = _copy_tree(sample_dataset, tmp_path / "images", layout)
+    output = tmp_path / "out"
+    result = _run(
+        _local_random_init_run,
+        images,
+        output,
+        ["INSTSEG.PREDICT.SAVE_MASKS", "True"],
+        num_workers=workers,
+    )
+    assert result.ok == 4
+    written = [p for p in _files(output) if not p.startswith(".") and "." in p]
+    outputs = [p for p in written if p not in RESERVED]
+    assert len(outputs) == 8, sorted(outputs)  # an annotated image and a mask each
+    for rel in ("a.jpg", "a.jpg.png", "x.jpg", "x.masks.png"):
+        drawn = cv2.imread(str(output / rel))
+        assert drawn is not None and drawn.shape[2] == 3, rel
+
+
+RESERVED = {"predictions.json", "images.json", "manifest.csv", "config.yaml"}
+
+
+def _normalized_manifest(folder) -> list[tuple]:
+    # An input finished before a kill is "skipped" by the run that completes the job.
+    return [
+        (r["path"], "ok" if r["status"] == "skipped" else r["status"], r["instances"], r["error"])
+        for r in _manifest(folder)
+    ]
+
+
+def test_sigkill_at_random_moments_then_skip_existing_ends_like_one_run(
+    tmp_path, _local_random_init_run, sample_dataset
+):
+    available = sorted(p.name for p in sample_dataset.val_images.glob("*.jpg"))
+    layout = [(available[i % len(available)], f"d{i % 3}/{i:05d}.jpg") for i in range(30)]
+    images = _copy_tree(sample_dataset, tmp_path / "images", layout)
+    instseg = Path(sys.executable).with_name("instseg")
+
+    def command(output):
+        return [
+            str(instseg), "predict", str(images), "--output", str(output), "--skip-existing",
+            "--config", str(_local_random_init_run / "config.yaml"),
+            "--weights", str(_local_random_init_run / "model_final.pth"),
+            "--save-masks", "--no-progress", *PREDICT_OPTS,
+        ]  # fmt: skip
+
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    start = time.monotonic()
+    done = subprocess.run(command(tmp_path / "ref"), capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    duration = time.monotonic() - start
+
+    output = tmp_path / "out"
+    rng = np.random.default_rng(0)
+    kills = 0
+    for moment in rng.uniform(0.2, 1.0, size=10) * duration:
+        proc = subprocess.Popen(
+            command(output), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        )
+        try:
+            proc.wait(timeout=moment)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 3  # most runs were cut short
+    done = subprocess.run(command(output), capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    reference = tmp_path / "ref"
+    assert _load(output, "predictions.json") == _load(reference, "predictions.json")
+    assert _load(output, "images.json") == _load(reference, "images.json")
+    assert _normalized_manifest(output) == _normalized_manifest(reference)
+    for _, rel in layout:
+        assert (output / rel).is_file() and (output / rel).with_suffix(".masks.png").is_file()
+    leftovers = [p for p in output.rglob("*") if ".instseg-tmp-" in p.name or "commit" in p.name]
+    assert leftovers == [] and not (output / PARTS_DIR_NAME).exists()

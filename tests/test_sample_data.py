@@ -9,12 +9,8 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from instseg.sample_data import (
-    CLASS_NAMES,
-    MAX_OBJECTS_PER_IMAGE,
-    MIN_VISIBLE_AREA,
+from instseg.data.sample_data import (
     SampleDataset,
-    SceneObject,
     draw_scene,
     iter_sample_video_frames,
     make_background,
@@ -22,6 +18,12 @@ from instseg.sample_data import (
     render_sample_image,
     scene_annotations,
     write_sample_dataset,
+)
+from instseg.data.sample_shapes import (
+    CLASS_NAMES,
+    MAX_OBJECTS_PER_IMAGE,
+    MIN_VISIBLE_AREA,
+    SceneObject,
 )
 
 NUM_TRAIN = 10

@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from instseg.sources import ImageReadError, SourceError, read_image, resolve_source
+from instseg.inference.sources import SourceError, resolve_source
+from instseg.io.images import ImageReadError, read_image
 
 
 def _jpeg(path: Path, size=(12, 16), value=90) -> Path:

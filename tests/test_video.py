@@ -16,22 +16,14 @@ from detectron2.engine import DefaultPredictor
 
 from instseg.cli import add_video_arguments, video_overrides
 from instseg.config import ConfigError
-from instseg.predictor import BatchPredictor, load_model_config
-from instseg.sample_data import iter_sample_video_frames
-from instseg.video import (
-    VideoResult,
-    instances_to_records,
-    is_video_path,
-    predict_video,
-    predict_videos,
-)
-from instseg.video_io import (
-    VideoReadError,
-    VideoWriter,
-    available_h264_encoder,
-    open_video,
-    write_test_clip,
-)
+from instseg.data.sample_data import iter_sample_video_frames
+from instseg.inference.predictor import BatchPredictor, load_model_config
+from instseg.inference.sources import is_video_path
+from instseg.inference.video import VideoResult, instances_to_records, predict_video, predict_videos
+from instseg.io.clips import write_test_clip
+from instseg.io.media import VideoReadError
+from instseg.io.video_reader import open_video
+from instseg.io.video_writer import VideoWriter, available_h264_encoder
 
 av = pytest.importorskip("av")
 
@@ -336,7 +328,7 @@ def test_folder_with_a_bad_file_goes_on(make_cfg, predictor, tmp_path, caplog):
     make_clip(videos / "a.mp4", n=4)
     (videos / "b.mp4").write_text("not a video")
     make_clip(videos / "c.mkv", n=3)
-    make_clip(videos / "c.mp4", n=2)  # same stem as c.mkv: outputs get distinct names
+    make_clip(videos / "c.mp4", n=2)  # same stem as c.mkv: both keep their whole names
     paths = sorted(p for p in videos.iterdir() if is_video_path(p))
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO, logger="instseg"):
@@ -349,7 +341,7 @@ def test_folder_with_a_bad_file_goes_on(make_cfg, predictor, tmp_path, caplog):
     assert len(errors) == 1 and str(videos / "b.mp4") in errors[0].getMessage()
     assert "3 annotated, 0 skipped, 1 failed" in caplog.text
     assert "per frame: decode" in caplog.text  # the stage timing summary
-    assert sorted(p.name for p in out.glob("*.mp4")) == ["a.mp4", "c_mkv.mp4", "c_mp4.mp4"]
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["a.mp4", "c.mkv.mp4", "c.mp4.mp4"]
 
     # A second run leaves finished outputs alone unless asked to overwrite.
     again = predict_videos(make_cfg(), paths[:1], out, predictor=predictor, progress=False)
@@ -359,8 +351,8 @@ def test_folder_with_a_bad_file_goes_on(make_cfg, predictor, tmp_path, caplog):
 def test_output_never_replaces_the_input(make_cfg, predictor, tmp_path):
     clip = make_clip(tmp_path / "clip.mp4", n=2)
     before = clip.read_bytes()
-    [result] = predict_videos(make_cfg(), [clip], tmp_path, overwrite=True, predictor=predictor)
-    assert "replace the input" in result.error
+    with pytest.raises(ConfigError, match="writing clip.mp4 there would replace the input"):
+        predict_videos(make_cfg(), [clip], tmp_path, overwrite=True, predictor=predictor)
     assert clip.read_bytes() == before
 
 
@@ -369,7 +361,7 @@ def test_stage_failure_propagates_and_leaves_nothing(
     make_cfg, predictor, tmp_path, monkeypatch, stage
 ):
     """A failure on the third frame of any stage is raised, stops every thread, leaves no file."""
-    from instseg.render import FastRenderer
+    from instseg.viz.fast_renderer import FastRenderer
 
     clip = make_clip(tmp_path / "clip.mp4")
     owner, attribute = {
@@ -399,3 +391,50 @@ def test_stage_failure_propagates_and_leaves_nothing(
 def test_result_defaults():
     result = VideoResult(source=Path("x.mp4"))
     assert result.ok and not result.skipped and result.video is None
+
+
+def test_same_stem_videos_in_two_folders_are_both_annotated(make_cfg, predictor, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+    paths = [make_clip(tmp_path / "in" / folder / "clip.mp4", n=2) for folder in ("a", "b")]
+    out = tmp_path / "out"
+    results = predict_videos(
+        make_cfg(), paths, out, rels=["a/clip.mp4", "b/clip.mp4"], predictor=predictor,
+        progress=False,
+    )  # fmt: skip
+    assert [r.ok and not r.skipped for r in results] == [True, True]
+    for folder in ("a", "b"):
+        assert open_video(out / folder / "clip.mp4").frame_count == 2
+        assert len(read_jsonl(out / folder / "clip.predictions.jsonl")) == 2
+
+
+def test_a_kill_between_the_two_outputs_is_completed_by_the_next_run(
+    make_cfg, predictor, tmp_path, monkeypatch
+):
+    from instseg.io import atomic
+
+    clip = make_clip(tmp_path / "clip.mp4", n=3)
+    reference = predict_videos(
+        make_cfg(), [clip], tmp_path / "ref", predictor=predictor, progress=False
+    )[0]
+    out = tmp_path / "out"
+    original, calls = atomic.publish, []
+
+    def killed_after_first_rename(tmp, path):
+        calls.append(path)
+        if len(calls) == 3:  # the journal, the JSONL, then the video: killed before it
+            raise KeyboardInterrupt
+        return original(tmp, path)
+
+    monkeypatch.setattr(atomic, "publish", killed_after_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        predict_videos(make_cfg(), [clip], out, predictor=predictor, progress=False)
+    monkeypatch.undo()
+    assert (out / "clip.predictions.jsonl").exists() and not (out / "clip.mp4").exists()
+
+    [again] = predict_videos(make_cfg(), [clip], out, predictor=predictor, progress=False)
+    assert again.skipped  # completed when the folder was locked: nothing left to do
+    assert open_video(out / "clip.mp4").frame_count == 3
+    assert read_jsonl(out / "clip.predictions.jsonl") == read_jsonl(reference.predictions)
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".") and "lock" not in p.name]
+    assert leftovers == []

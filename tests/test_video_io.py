@@ -8,14 +8,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from instseg.video_io import (
-    VideoReadError,
-    VideoWriteError,
-    VideoWriter,
-    available_h264_encoder,
-    open_video,
-    write_test_clip,
-)
+from instseg.io.clips import write_test_clip
+from instseg.io.media import VideoReadError, VideoWriteError
+from instseg.io.video_reader import open_video
+from instseg.io.video_writer import VideoWriter, available_h264_encoder
 
 av = pytest.importorskip("av")
 
@@ -235,7 +231,10 @@ def test_truncated_matroska_yields_the_good_frames(tmp_path, caplog):
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * 0.6)])
 
-    with caplog.at_level(logging.WARNING, logger="instseg.video_io"), open_video(path) as source:
+    with (
+        caplog.at_level(logging.WARNING, logger="instseg.io.video_reader"),
+        open_video(path) as source,
+    ):
         decoded = list(source)
     assert 0 < len(decoded) < 40
     assert [f.index for f in decoded] == list(range(len(decoded)))
@@ -253,7 +252,10 @@ def test_truncated_faststart_mp4_yields_the_good_frames(tmp_path, caplog):
     write_test_clip(path, make_frames(40, 96, 64), fps=20)
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * 0.6)])
-    with caplog.at_level(logging.WARNING, logger="instseg.video_io"), open_video(path) as source:
+    with (
+        caplog.at_level(logging.WARNING, logger="instseg.io.video_reader"),
+        open_video(path) as source,
+    ):
         assert source.frame_count == 40
         decoded = list(source)
     assert 0 < len(decoded) < 40

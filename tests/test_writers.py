@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from instseg.writers import (
-    AtomicTextFile,
+from instseg.io.atomic import AtomicTextFile
+from instseg.io.images import atomic_write_image, instance_id_image
+from instseg.io.writers import (
     CsvWriter,
     JsonLinesWriter,
     JsonListWriter,
-    atomic_write_image,
-    instance_id_image,
     iter_json_lines,
     iter_json_list,
     read_json_line,

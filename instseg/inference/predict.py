@@ -30,21 +30,24 @@ so the layout mirrors the input tree; ``<stem>`` is ``<rel>`` without its extens
   status is ok, error (``error`` says why in one line naming the file) or skipped (done by an
   earlier run, see below).
 
-Inputs whose output names would clash (``a.jpg`` and ``a.png`` both giving ``a.masks.png``) keep
-their whole name in them instead (``a.jpg.masks.png``, ``a.png.masks.png``).
+Output names follow :mod:`instseg.inference.output_plan`: planned before any work, inside
+``DIR``, never an input, unique across inputs and kinds (``a.jpg`` and ``a.png`` give
+``a.jpg.masks.png`` and ``a.png.masks.png``).
 
 Ids: image ids are 1, 2, ... in input order, category ids are the model's contiguous class ids
 plus 1. With a COCO dataset JSON (``PredictOptions.coco_json``), inputs whose relative path (or,
 failing that, unique base name) is a ``file_name`` of the dataset take that image's id, and
 category ids are the dataset's, so predictions evaluate against it with COCOeval.
 
-Crash safety: every output file is written under a temporary name and renamed into place. Each
-process appends one flushed line per input to its own part file in ``DIR/.instseg-parts/``; the
-final predictions.json, images.json and manifest.csv are assembled from the part files at the end
-(streamed, in input order) and the part files removed. An interrupted job leaves its part files,
-never a truncated final file. Re-running with ``existing="skip"`` reuses them, and the final
-files of a finished run: an input whose last recorded row is ok and whose image outputs exist is
-not predicted again, and its earlier results are copied into the new predictions.json.
+Crash safety: the job holds the folder's lock (:mod:`instseg.inference.output_dir`). Every
+output file is written through :mod:`instseg.io.atomic`. Each process appends one flushed line
+per input to its own part file in ``DIR/.instseg-parts/``, tagged with the input's identity
+(size, mtime) and the config's digest; the final predictions.json, images.json, manifest.csv,
+config.yaml and ``DIR/.instseg-index.json`` (digest and identities behind them) are assembled
+from the part files at the end (streamed, in input order) and published together through a
+commit journal. An interrupted job leaves its part files, never a truncated final file.
+Re-running with ``existing="skip"`` reuses them, and the final files of a finished run, but only
+for an input whose identity and config digest match and whose image outputs exist.
 
 Scale-out: ``num_workers`` processes (Detectron2's ``launch``: gloo on CPU, one process per GPU
 with CUDA) each take every N-th input of the to-do list; ids come from the full sorted input list,
@@ -55,6 +58,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import heapq
 import json
 import logging
@@ -75,35 +79,31 @@ from detectron2.structures import Instances
 from detectron2.utils import comm
 from tqdm import tqdm
 
-from instseg.config import ConfigError, save_cfg
-from instseg.datasets import build_metadata, load_coco_categories
-from instseg.pipeline import END, StageThreads
-from instseg.predictor import (
+from instseg.config import ConfigError
+from instseg.data.catalog import build_metadata, load_coco_categories
+from instseg.inference.output_dir import HIDDEN_PREFIX, OutputLock, check_output_dir
+from instseg.inference.output_plan import check_output_paths, plan_outputs
+from instseg.inference.predictor import (
     BatchPredictor,
     ModelInput,
     class_filter,
     filter_instances,
     load_model_config,
 )
-from instseg.render import Renderer, build_renderer
-from instseg.sources import (
-    ImageReadError,
-    InputFile,
-    Source,
-    SourceError,
-    read_image,
-    resolve_source,
-)
-from instseg.writers import (
+from instseg.inference.sources import InputFile, Source, SourceError, resolve_source
+from instseg.inference.stages import END, StageThreads
+from instseg.io.atomic import AtomicTextFile, commit_journal, commit_together
+from instseg.io.images import ImageReadError, atomic_write_image, instance_id_image, read_image
+from instseg.io.writers import (
     CsvWriter,
     JsonLinesWriter,
     JsonListWriter,
-    atomic_write_image,
-    instance_id_image,
     iter_json_lines,
     iter_json_list,
     read_json_line,
 )
+from instseg.viz.render import build_renderer
+from instseg.viz.renderer import Renderer
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +128,13 @@ PREDICTIONS_FILE = "predictions.json"
 IMAGES_FILE = "images.json"
 MANIFEST_FILE = "manifest.csv"
 CONFIG_FILE = "config.yaml"
+# The config digest and input identities behind the final files, for --skip-existing.
+INDEX_FILE = HIDDEN_PREFIX + "-index.json"
+RESERVED_NAMES = (PREDICTIONS_FILE, IMAGES_FILE, MANIFEST_FILE, CONFIG_FILE)
 # Timed per image; "model" is each forward pass's time shared among its images.
 STAGES = ("decode", "preprocess", "model", "render", "write")
 
 OK, ERROR, SKIPPED = "ok", "error", "skipped"
-# Formats OpenCV encodes; annotated images of other formats are written as JPEG.
-_WRITABLE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 # ----------------------------------------------------------------------------- options
@@ -171,20 +172,6 @@ class PredictOptions:
 def load_predict_cfg(options: PredictOptions) -> CfgNode:
     """The frozen inference config: project YAMLs, ``--weights`` and all overrides."""
     return load_model_config(options.config_files, options.weights, options.opts)
-
-
-def check_output_dir(output_dir: str | os.PathLike, existing: str) -> None:
-    """Refuse a non-empty output folder unless the policy says what to do with its files."""
-    folder = Path(output_dir)
-    if existing != "refuse" or not folder.exists():
-        return
-    if not folder.is_dir():
-        raise ConfigError(f"--output {folder}: exists and is not a folder")
-    if any(folder.iterdir()):
-        raise ConfigError(
-            f"--output {folder}: folder is not empty; pass --overwrite to predict everything "
-            "again, or --skip-existing to predict only inputs without outputs"
-        )
 
 
 # ----------------------------------------------------------------------------- results
@@ -236,6 +223,7 @@ class _Task:
     rel: str
     annotated: str | None  # output path relative to DIR; None when not drawing
     masks: str | None  # output path relative to DIR; None without SAVE_MASKS
+    identity: tuple[int, int] = (0, 0)  # the input's (size, mtime_ns) when planned
 
 
 @dataclass(frozen=True)
@@ -243,6 +231,7 @@ class _PriorEntry:
     """Where an earlier run's record of an input is: a part-file line or the final files."""
 
     instances: int
+    identity: tuple[int, int]  # the input's (size, mtime_ns) when it was predicted
     part_file: str | None = None
     offset: int = 0
     image: dict | None = None  # from images.json (final files only)
@@ -260,6 +249,7 @@ class _Job:
     total: int
     output_dir: str
     run_id: str
+    config_digest: str  # of the config the results were made with (see config_digest)
     categories: list[dict]
     category_ids: list[int]  # output category id of each contiguous class
     progress: bool
@@ -295,6 +285,17 @@ def predict_images(
         raise SourceError(f"{source.spec}: holds videos; predict them with instseg.video")
     check_output_dir(output_dir, options.existing)
     _check_cfg(cfg, options)
+    with OutputLock(output_dir):
+        result = _predict_locked(cfg, source, options, output_dir)
+    result.seconds = time.perf_counter() - started
+    logger.info("%s", result.summary_line())
+    logger.info("%s", result.timing_line())
+    return result
+
+
+def _predict_locked(
+    cfg: CfgNode, source: Source, options: PredictOptions, output_dir: Path
+) -> PredictResult:
     metadata = build_metadata(cfg)
     image_ids, categories = _assign_ids(source.files, metadata.thing_classes, options.coco_json)
     tasks = _make_tasks(cfg, source, output_dir, image_ids)
@@ -302,21 +303,26 @@ def predict_images(
     output_dir.mkdir(parents=True, exist_ok=True)
     parts_dir = output_dir / PARTS_DIR_NAME
     carried: list[tuple[_Task, _PriorEntry]] = []
+    digest = config_digest(cfg)
     if options.existing == "skip":
-        prior = _load_prior(output_dir)
+        prior = _load_prior(output_dir, digest)
         todo = []
         for task in tasks:
             entry = prior.get(task.rel)
-            if entry is not None and _outputs_exist(output_dir, task):
+            if (
+                entry is not None
+                and entry.identity == task.identity
+                and _outputs_exist(output_dir, task)
+            ):
                 carried.append((task, entry))
             else:
                 todo.append(task)
-        logger.info("%d of %d input(s) done by an earlier run", len(carried), len(tasks))
-        _warn_config_change(cfg, output_dir / CONFIG_FILE)
+        logger.info(
+            "%d of %d input(s) done by an earlier run with this config", len(carried), len(tasks)
+        )
     else:
         todo = tasks
         shutil.rmtree(parts_dir, ignore_errors=True)
-    save_cfg(cfg, output_dir / CONFIG_FILE)
 
     job = _Job(
         cfg=cfg,
@@ -325,6 +331,7 @@ def predict_images(
         total=len(tasks),
         output_dir=str(output_dir),
         run_id=time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8],
+        config_digest=digest,
         categories=categories,
         category_ids=[c["id"] for c in categories],
         progress=options.progress,
@@ -340,9 +347,6 @@ def predict_images(
     else:
         result = _worker_main(job)
     shutil.rmtree(parts_dir, ignore_errors=True)
-    result.seconds = time.perf_counter() - started
-    logger.info("%s", result.summary_line())
-    logger.info("%s", result.timing_line())
     return result
 
 
@@ -434,76 +438,60 @@ def _make_tasks(
     cfg: CfgNode, source: Source, output_dir: Path, image_ids: Sequence[int]
 ) -> list[_Task]:
     render, save_masks = bool(cfg.INSTSEG.PREDICT.RENDER), bool(cfg.INSTSEG.PREDICT.SAVE_MASKS)
+    kinds = [k for k, on in (("annotated", render), ("masks", save_masks)) if on]
     rels = [f.rel for f in source.files]
-    annotated = _unique_names(
-        rels,
-        lambda rel: rel if _suffix(rel) in _WRITABLE_EXTENSIONS else _stem(rel) + ".jpg",
-        lambda rel: rel + ".jpg",
+    plan = plan_outputs(rels, [kinds] * len(rels), reserved=RESERVED_NAMES)
+    check_output_paths(
+        output_dir,
+        [n for outputs in plan for n in outputs.values()],
+        [f.path for f in source.files],
     )
-    masks = _unique_names(rels, lambda rel: _stem(rel) + ".masks.png", lambda r: r + ".masks.png")
-    inputs = {os.path.normcase(f.path.resolve()) for f in source.files}
-    resolved_dir = output_dir.resolve()
     tasks = []
-    for index, f in enumerate(source.files):
-        task = _Task(
-            index=index,
-            image_id=image_ids[index],
-            path=str(f.path),
-            rel=f.rel,
-            annotated=annotated[index] if render else None,
-            masks=masks[index] if save_masks else None,
+    for index, (f, outputs) in enumerate(zip(source.files, plan, strict=True)):
+        try:
+            identity = input_identity(f.path)
+        except OSError:
+            identity = (0, 0)  # vanished: its read fails later as an error row
+        tasks.append(
+            _Task(
+                index=index,
+                image_id=image_ids[index],
+                path=str(f.path),
+                rel=f.rel,
+                annotated=outputs.get("annotated"),
+                masks=outputs.get("masks"),
+                identity=identity,
+            )
         )
-        for name in (task.annotated, task.masks):
-            if name and os.path.normcase(resolved_dir / name) in inputs:
-                raise ConfigError(
-                    f"--output {output_dir}: writing {name} there would replace an input; "
-                    "choose another output folder"
-                )
-        tasks.append(task)
     return tasks
-
-
-def _suffix(rel: str) -> str:
-    return PurePosixPath(rel).suffix.lower()
-
-
-def _stem(rel: str) -> str:
-    path = PurePosixPath(rel)
-    return path.with_suffix("").as_posix() if path.suffix else rel
-
-
-def _unique_names(rels: Sequence[str], name, fallback) -> list[str]:
-    """Output names; inputs whose names would clash (``a.jpg`` and ``a.png`` both giving
-    ``a.masks.png``) keep their whole name instead (``a.jpg.masks.png``, ``a.png.masks.png``)."""
-    names = [name(rel) for rel in rels]
-    counts = Counter(n.lower() for n in names)
-    return [
-        n if counts[n.lower()] == 1 else fallback(rel) for n, rel in zip(names, rels, strict=True)
-    ]
 
 
 def _outputs_exist(output_dir: Path, task: _Task) -> bool:
     return all((output_dir / name).is_file() for name in (task.annotated, task.masks) if name)
 
 
-def _warn_config_change(cfg: CfgNode, path: Path) -> None:
-    if path.is_file() and path.read_text(encoding="utf-8") != cfg.dump():
-        logger.warning(
-            "%s differs from this run's config; inputs done by the earlier run keep its results",
-            path,
-        )
-
-
 # ----------------------------------------------------------------------------- earlier runs
 
 
-def _load_prior(output_dir: Path) -> dict[str, _PriorEntry]:
+def config_digest(cfg: CfgNode) -> str:
+    """Fingerprint of everything that shapes a result: earlier results are reused only under
+    the same digest, so two configs' results never mix in one output folder."""
+    return hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest()[:16]
+
+
+def input_identity(path: str | os.PathLike) -> tuple[int, int]:
+    """(size, mtime_ns): a replaced or edited input under the same name is predicted again."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _load_prior(output_dir: Path, digest: str) -> dict[str, _PriorEntry]:
     """Inputs an earlier run finished (status ok or skipped), by relative path: from the final
     files of a completed run, then the part files of interrupted ones (newest last, so the
     latest record of an input wins; a later error removes it)."""
     prior: dict[str, _PriorEntry] = {}
     try:
-        prior.update(_prior_from_final(output_dir))
+        prior.update(_prior_from_final(output_dir, digest))
     except (OSError, ValueError, KeyError, TypeError) as e:
         logger.warning("Cannot reuse the results in %s (%s); predicting all inputs", output_dir, e)
     parts_dir = output_dir / PARTS_DIR_NAME
@@ -511,9 +499,14 @@ def _load_prior(output_dir: Path) -> dict[str, _PriorEntry]:
     for part_file in part_files:
         try:
             for offset, record in iter_json_lines(part_file):
+                if record.get("config") != digest:
+                    continue
                 if record["status"] == OK:
                     prior[record["path"]] = _PriorEntry(
-                        instances=int(record["instances"]), part_file=str(part_file), offset=offset
+                        instances=int(record["instances"]),
+                        identity=tuple(record["identity"]),
+                        part_file=str(part_file),
+                        offset=offset,
                     )
                 else:
                     prior.pop(record["path"], None)
@@ -522,11 +515,18 @@ def _load_prior(output_dir: Path) -> dict[str, _PriorEntry]:
     return prior
 
 
-def _prior_from_final(output_dir: Path) -> dict[str, _PriorEntry]:
+def _prior_from_final(output_dir: Path, digest: str) -> dict[str, _PriorEntry]:
     manifest, images_file = output_dir / MANIFEST_FILE, output_dir / IMAGES_FILE
-    predictions_file = output_dir / PREDICTIONS_FILE
-    if not (manifest.is_file() and images_file.is_file() and predictions_file.is_file()):
+    predictions_file, index_file = output_dir / PREDICTIONS_FILE, output_dir / INDEX_FILE
+    if not all(f.is_file() for f in (manifest, images_file, predictions_file, index_file)):
         return {}
+    index = json.loads(index_file.read_text(encoding="utf-8"))
+    if index.get("config") != digest:
+        logger.warning(
+            "%s: made with another config; predicting every input again", output_dir / CONFIG_FILE
+        )
+        return {}
+    identities = {rel: tuple(identity) for rel, identity in index["inputs"].items()}
     with open(manifest, encoding="utf-8", newline="") as f:
         done = {
             row["path"]: int(row["instances"] or 0)
@@ -547,8 +547,14 @@ def _prior_from_final(output_dir: Path) -> dict[str, _PriorEntry]:
         offset, count = spans.get(int(image["id"]), (0, 0))
         if count != instances:
             continue
+        if rel not in identities:
+            continue
         prior[rel] = _PriorEntry(
-            instances, image=image, predictions_offset=offset, predictions_count=count
+            instances,
+            identity=identities[rel],
+            image=image,
+            predictions_offset=offset,
+            predictions_count=count,
         )
     return prior
 
@@ -572,6 +578,8 @@ def _prior_record(job: _Job, task: _Task, entry: _PriorEntry) -> dict:
     return {
         "index": task.index,
         "path": task.rel,
+        "identity": list(task.identity),
+        "config": job.config_digest,
         "status": SKIPPED,
         "instances": len(results),
         "time_ms": None,
@@ -768,12 +776,18 @@ class _ShardRunner:
 
     def _write_outputs(self, item: _Item) -> dict:
         task = item.task
-        record = {"index": task.index, "path": task.rel}
+        record = {
+            "index": task.index,
+            "path": task.rel,
+            "identity": list(task.identity),
+            "config": self.job.config_digest,
+        }
         if item.error is None:
             try:
                 return {**record, **self._write_image_outputs(item)}
-            except (OSError, ValueError) as e:
-                item.error = f"{task.path}: cannot write outputs: {e}"
+            except Exception as e:  # a renderer or writer failure fails this input only
+                logger.debug("Outputs of %s failed", task.path, exc_info=True)
+                item.error = f"{task.path}: cannot draw or write outputs: {type(e).__name__}: {e}"
         logger.warning("%s", item.error)
         time_ms = sum(item.seconds.values()) * 1000.0
         return {
@@ -858,15 +872,18 @@ def _finalize(
     result = PredictResult(output_dir=str(output_dir), total=job.total)
     info = {"description": "instseg predict: the images of predictions.json"}
     tasks_by_index = {task.index: task for task in job.tasks}
-    with (
-        JsonListWriter(output_dir / PREDICTIONS_FILE) as predictions,
-        JsonListWriter(
-            output_dir / IMAGES_FILE,
-            key="images",
-            members={"info": info, "categories": job.categories, "annotations": []},
-        ) as images,
-        CsvWriter(output_dir / MANIFEST_FILE, MANIFEST_COLUMNS) as manifest,
-    ):
+    predictions = JsonListWriter(output_dir / PREDICTIONS_FILE)
+    images = JsonListWriter(
+        output_dir / IMAGES_FILE,
+        key="images",
+        members={"info": info, "categories": job.categories, "annotations": []},
+    )
+    manifest = CsvWriter(output_dir / MANIFEST_FILE, MANIFEST_COLUMNS)
+    index = AtomicTextFile(output_dir / INDEX_FILE)
+    config = AtomicTextFile(output_dir / CONFIG_FILE)
+    files = (predictions, images, manifest, index, config)
+    identities: dict[str, list[int]] = {}
+    try:
         expected = 0
         for record in _with_missing(merged, job.total, tasks_by_index):
             if record["index"] != expected:
@@ -877,12 +894,22 @@ def _finalize(
             if status == ERROR:
                 result.errors += 1
                 continue
+            identities[record["path"]] = record["identity"]
             result.ok += status == OK
             result.skipped += status == SKIPPED
             images.add(record["image"])
             for r in record["results"]:
                 predictions.add(r)
             result.instances += len(record["results"])
+        index.write(json.dumps({"config": job.config_digest, "inputs": identities}) + "\n")
+        config.write(job.cfg.dump())
+        # The final files become visible together (or, killed part-way, on the next run).
+        pairs = [(f.close_unpublished(), f.path) for f in files]
+        commit_together(pairs, commit_journal(output_dir, "predict"))
+    except BaseException:
+        for f in files:
+            f.discard()
+        raise
     timed = sum(s.timed_images for s in all_stats)
     if timed:
         result.stage_ms = {

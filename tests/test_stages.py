@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from instseg.pipeline import END, StageThreads
+from instseg.inference.stages import END, StageThreads
 
 
 def _stage_threads_alive(name: str) -> list[str]:

@@ -19,7 +19,7 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.structures import Instances
 
 from instseg.config import ConfigError, build_cfg
-from instseg.weights import resolve_weights
+from instseg.engine.checkpoints import resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def class_filter(cfg: CfgNode) -> list[int] | None:
     wanted = list(cfg.INSTSEG.PREDICT.CLASSES)
     if not wanted:
         return None
-    from instseg.datasets import build_metadata
+    from instseg.data.catalog import build_metadata
 
     names = build_metadata(cfg).thing_classes
     unknown = [name for name in wanted if name not in names]

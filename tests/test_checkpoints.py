@@ -15,9 +15,14 @@ import pytest
 import torch
 from conftest import DEMO_CONFIG, R50_CONFIG, REPO_ROOT
 
-from instseg import weights
-from instseg.train import Trainer, TrainRequest, build_train_cfg, setup_run
-from instseg.weights import SCRATCH_CONFIG, WeightsError, describe_weights, resolve_weights
+from instseg.engine import checkpoints as weights
+from instseg.engine.checkpoints import (
+    SCRATCH_CONFIG,
+    WeightsError,
+    describe_weights,
+    resolve_weights,
+)
+from instseg.engine.trainer import Trainer, TrainRequest, build_train_cfg, setup_run
 
 ZOO_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
 ZOO_URL = (

@@ -23,11 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import cv2
-import numpy as np
-
 from instseg.config import ConfigError
-from instseg.validation import jpeg_has_end_marker
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +31,10 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "LIST_EXTENSIONS",
     "VIDEO_EXTENSIONS",
-    "ImageReadError",
     "InputFile",
     "Source",
     "SourceError",
     "is_video_path",
-    "read_image",
     "resolve_source",
 ]
 
@@ -58,15 +52,10 @@ VIDEO_EXTENSIONS = frozenset(
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
 
 _GLOB_CHARS = frozenset("*?[")
-_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 class SourceError(ConfigError):
     """A SOURCE that names no usable input; the message is one line for the user."""
-
-
-class ImageReadError(Exception):
-    """One input that cannot be used as an image; ``str()`` is one line naming the file."""
 
 
 @dataclass(frozen=True)
@@ -162,10 +151,10 @@ def _from_glob(spec: str, excluded: Path | None) -> Source:
     images = [p for p in files if _is_image_name(p.name)]
     videos = [p for p in files if is_video_path(p)]
     if not images and videos:
-        return Source(spec, root, "videos", _relative_to(root, videos))
+        return Source(spec, _common_root(root, videos), "videos", _relative_to(root, videos))
     if not images:
         raise SourceError(f"{spec}: the pattern matches no image files")
-    return Source(spec, root, "images", _relative_to(root, images))
+    return Source(spec, _common_root(root, images), "images", _relative_to(root, images))
 
 
 def _glob_root(spec: str) -> Path:
@@ -199,67 +188,39 @@ def _from_list(spec: str, list_file: Path) -> Source:
         raise SourceError(f"{spec}: the list names no files")
     # Outputs mirror the tree below the list's folder; entries outside it make the root the
     # nearest folder holding them all.
-    resolved_base = base.resolve()
-    resolved = [p.resolve() for p in paths]
-    if all(resolved_base in p.parents for p in resolved):
-        root = base
-    else:
-        try:
-            root = Path(os.path.commonpath([p.parent for p in resolved]))
-        except ValueError:  # paths on different drives
-            raise SourceError(f"{spec}: listed files must share one root folder") from None
+    root = _common_root(base, paths)
+    files = _relative_to(root, paths, sort=False)
     kind = "videos" if all(is_video_path(p) for p in paths) else "images"
-    files = [InputFile(p, _rel_posix(p, root)) for p in paths]
     return Source(spec, root, kind, files)
 
 
 def _rel_posix(path: Path, root: Path) -> str:
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    return PurePosixPath(*Path(rel).parts).as_posix()
+
+
+def _common_root(root: Path, paths: list[Path]) -> Path:
+    """``root``, or the nearest folder holding every path when some lie outside it."""
+    base = Path(os.path.abspath(root))
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    if all(base in p.parents for p in absolute):
+        return root
     try:
-        rel = path.relative_to(root)
-    except ValueError:
-        rel = path.resolve().relative_to(root.resolve())
-    return PurePosixPath(*rel.parts).as_posix()
+        return Path(os.path.commonpath([p.parent for p in absolute]))
+    except ValueError:  # paths on different drives
+        raise SourceError(f"{root}: inputs must share one root folder") from None
 
 
-def _relative_to(root: Path, paths: list[Path]) -> list[InputFile]:
-    files = [InputFile(p, _rel_posix(p, root)) for p in paths]
-    return sorted(files, key=lambda f: f.rel)
+def _relative_to(root: Path, paths: list[Path], sort: bool = True) -> list[InputFile]:
+    """Inputs with their paths below ``root``, sorted; ``..`` is resolved first, and when some
+    input lies outside ``root`` (``photos/**/../other/*.jpg``) the root becomes the nearest
+    folder holding them all, so no relative path ever climbs out of it."""
+    unique = {Path(os.path.abspath(p)): p for p in paths}  # one input per file
+    base = _common_root(root, paths)
+    files = [InputFile(given, _rel_posix(absolute, base)) for absolute, given in unique.items()]
+    return sorted(files, key=lambda f: f.rel) if sort else files
 
 
 def _extension_hint() -> str:
     common = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
     return ", ".join(common) + ", ..."
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as the model wants it, or say in one line why it cannot be used.
-
-    Returns:
-        np.ndarray: H x W x 3 uint8 in BGR order, exactly what ``cv2.imread(path)`` returns for a
-        valid file: EXIF orientation applied, grayscale replicated to 3 channels, alpha dropped,
-        16-bit samples scaled to 8 bits.
-
-    Raises:
-        ImageReadError: missing or unreadable file, empty file, truncated JPEG (OpenCV would
-            otherwise decode the part that is there, grey below, and only print a warning), or
-            data that no image decoder recognises.
-    """
-    name = os.fspath(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ImageReadError(f"{name}: cannot read file: {e.strerror or e}") from None
-    if not data:
-        raise ImageReadError(f"{name}: empty file (0 bytes)")
-    if data.startswith(_JPEG_MAGIC) and not jpeg_has_end_marker(name):
-        raise ImageReadError(f"{name}: truncated JPEG (no end-of-image marker)")
-    try:
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as e:
-        message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise ImageReadError(f"{name}: cannot decode image: {message}") from None
-    if image is None:
-        raise ImageReadError(f"{name}: not an image file, or corrupt image data")
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-        raise ImageReadError(f"{name}: unsupported image layout {image.shape} {image.dtype}")
-    return image

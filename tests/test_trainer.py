@@ -19,7 +19,8 @@ from conftest import DEMO_CONFIG, REPO_ROOT
 from detectron2.solver import build_lr_scheduler
 
 from instseg.config import build_cfg
-from instseg.train import BestCheckpointer, Trainer, TrainRequest, build_train_cfg, train
+from instseg.engine.hooks import BestCheckpointer
+from instseg.engine.trainer import Trainer, TrainRequest, build_train_cfg, train
 
 MAX_ITER = 16
 PERIOD = 4  # checkpoints and evaluations

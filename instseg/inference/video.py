@@ -44,22 +44,18 @@ from detectron2.structures import Instances
 from tqdm import tqdm
 
 from instseg.config import ConfigError
-from instseg.datasets import build_metadata
-from instseg.pipeline import END, StageThreads
-from instseg.predictor import BatchPredictor, ModelInput, class_filter, filter_instances
-from instseg.render import RENDERERS, Renderer, build_renderer
-from instseg.sources import VIDEO_EXTENSIONS, is_video_path
-from instseg.video_io import (
-    VideoError,
-    VideoFrame,
-    VideoReadError,
-    VideoSource,
-    VideoWriteError,
-    VideoWriter,
-    WrittenVideo,
-    open_video,
-)
-from instseg.writers import atomic_path
+from instseg.data.catalog import build_metadata
+from instseg.inference.output_dir import OutputLock
+from instseg.inference.output_plan import check_output_paths, plan_outputs
+from instseg.inference.predictor import BatchPredictor, ModelInput, class_filter, filter_instances
+from instseg.inference.sources import VIDEO_EXTENSIONS, is_video_path
+from instseg.inference.stages import END, StageThreads
+from instseg.io.atomic import AtomicTextFile, commit_journal, commit_together
+from instseg.io.media import VideoError, VideoFrame, VideoReadError, VideoWriteError, WrittenVideo
+from instseg.io.video_reader import VideoSource, open_video
+from instseg.io.video_writer import VideoWriter
+from instseg.viz.render import RENDERERS, build_renderer
+from instseg.viz.renderer import Renderer
 
 logger = logging.getLogger(__name__)
 
@@ -450,6 +446,7 @@ def predict_video(
     *,
     predictor: BatchPredictor | None = None,
     name: str | None = None,
+    outputs: tuple[Path, Path] | None = None,
     progress: bool = True,
 ) -> VideoResult:
     """Annotate one video (see the module docstring for the files written).
@@ -462,6 +459,8 @@ def predict_video(
         overwrite: replace existing outputs; otherwise a video whose outputs exist is skipped.
         predictor: reuse a loaded model (built from ``cfg`` when None).
         name: output base name (default: the input's stem).
+        outputs: (annotated video, predictions JSONL) paths, as planned by
+            :func:`predict_videos`; they override ``name``.
         progress: show a tqdm bar in frames.
 
     Raises:
@@ -473,7 +472,7 @@ def predict_video(
     path = Path(path)
     output_dir = Path(output_dir)
     name = name or path.stem
-    video_path, jsonl_path = output_paths(output_dir, name)
+    video_path, jsonl_path = outputs or output_paths(output_dir, name)
     result = VideoResult(source=path)
     targets = [video_path, jsonl_path] if options.render else [jsonl_path]
     if video_path.resolve() == path.resolve():
@@ -490,7 +489,7 @@ def predict_video(
     with open_video(path) as source:
         result.fps, result.width, result.height = source.fps, source.width, source.height
         result.source_bytes = path.stat().st_size
-        output_dir.mkdir(parents=True, exist_ok=True)
+        video_path.parent.mkdir(parents=True, exist_ok=True)
         if predictor is None:
             predictor = BatchPredictor(cfg)
         renderer = (
@@ -506,12 +505,14 @@ def predict_video(
                 source.height,
                 codec=options.codec,
                 audio_source=path if source.has_audio else None,
+                publish=False,
             )
         total = _expected_frames(source, options)
         bar = tqdm(
             total=total, desc=path.name, unit="frame", disable=not progress, dynamic_ncols=True
         )
-        with bar, atomic_path(jsonl_path) as tmp_jsonl, open(tmp_jsonl, "w") as jsonl:
+        jsonl = AtomicTextFile(jsonl_path)
+        with bar:
             job = _VideoJob(
                 source,
                 options,
@@ -527,8 +528,13 @@ def predict_video(
                 job.run(_MERGE_RENDER_ENCODE)
             except BaseException:
                 job.abort()
+                jsonl.discard()
                 raise
-            jsonl.close()  # before atomic_path moves it into place
+            # The video and its predictions become visible together, or (killed) on the next run.
+            pairs = [(jsonl.close_unpublished(), jsonl_path)]
+            if job.written is not None:
+                pairs.append((writer.temp_file, video_path))
+            commit_together(pairs, commit_journal(output_dir, jsonl_path.name))
         result.first_bad_frame = source.first_bad_frame
 
     result.seconds = time.perf_counter() - started
@@ -570,26 +576,13 @@ def _log_result(result: VideoResult) -> None:
     )
 
 
-def _output_names(paths: Sequence[Path]) -> list[str]:
-    """Output base names: the stem, or stem_ext when two inputs share a stem."""
-    stems: dict[str, int] = {}
-    for p in paths:
-        stems[p.stem] = stems.get(p.stem, 0) + 1
-    names = []
-    for p in paths:
-        if stems[p.stem] > 1:
-            names.append(f"{p.stem}_{p.suffix.lstrip('.').lower()}")
-        else:
-            names.append(p.stem)
-    return names
-
-
 def predict_videos(
     cfg: CfgNode,
     video_paths: Sequence[str | Path],
     output_dir: str | Path,
     overwrite: bool = False,
     *,
+    rels: Sequence[str] | None = None,
     predictor: BatchPredictor | None = None,
     progress: bool = True,
 ) -> list[VideoResult]:
@@ -597,18 +590,36 @@ def predict_videos(
 
     A video that cannot be read or written is logged as one error line, recorded in its
     result's ``error`` and skipped; the others go on. Other exceptions (a model failure,
-    Ctrl-C) stop the run.
+    Ctrl-C) stop the run. Output names follow :mod:`instseg.inference.output_plan` from
+    ``rels`` (the inputs' paths below the SOURCE root; default: their file names), and the
+    output folder is locked for the run.
     """
     paths = [Path(p) for p in video_paths]
+    output_dir = Path(output_dir)
+    rels = list(rels) if rels is not None else [p.name for p in paths]
+    plan = plan_outputs(rels, [("video", "predictions")] * len(paths), reserved=("config.yaml",))
+    check_output_paths(output_dir, [n for o in plan for n in o.values()], paths)
+    with OutputLock(output_dir):
+        return _predict_videos_locked(cfg, paths, plan, output_dir, overwrite, predictor, progress)
+
+
+def _predict_videos_locked(cfg, paths, plan, output_dir, overwrite, predictor, progress):
     VideoOptions.from_cfg(cfg)  # config errors before the model loads
     class_filter(cfg)
     if predictor is None and paths:
         predictor = BatchPredictor(cfg)
     results = []
-    for path, name in zip(paths, _output_names(paths), strict=True):
+    for path, names in zip(paths, plan, strict=True):
+        outputs = (output_dir / names["video"], output_dir / names["predictions"])
         try:
             result = predict_video(
-                cfg, path, output_dir, overwrite, predictor=predictor, name=name, progress=progress
+                cfg,
+                path,
+                output_dir,
+                overwrite,
+                predictor=predictor,
+                outputs=outputs,
+                progress=progress,
             )
         except VideoError as exc:
             message = " ".join(str(exc).split())

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from instseg.writers import atomic_path, atomic_write_text
+from instseg.io.atomic import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

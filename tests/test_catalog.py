@@ -9,13 +9,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from instseg.config import ConfigError, build_cfg
-from instseg.datasets import (
+from instseg.data.catalog import (
     build_metadata,
     load_coco_categories,
     register_coco_dataset,
     register_datasets,
 )
-from instseg.sample_data import CLASS_NAMES
+from instseg.data.sample_shapes import CLASS_NAMES
 
 # Listed out of id order, with gaps: Detectron2 sorts by id and maps ids to 0..N-1.
 SPARSE_CATEGORIES = [

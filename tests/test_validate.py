@@ -10,15 +10,8 @@ import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
-from instseg.validation import (
-    ERROR,
-    WARNING,
-    Problem,
-    format_dataset_stats,
-    has_errors,
-    load_dataset_stats,
-    validate_coco_dataset,
-)
+from instseg.data.stats import format_dataset_stats, load_dataset_stats
+from instseg.data.validate import ERROR, WARNING, Problem, has_errors, validate_coco_dataset
 
 SMALL_W, SMALL_H = 64, 48
 LARGE_W, LARGE_H = 128, 96

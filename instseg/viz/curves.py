@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from instseg.writers import atomic_path  # noqa: E402
+from instseg.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 

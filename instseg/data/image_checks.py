@@ -1,0 +1,77 @@
+"""Checks of the image files a COCO dataset names: they decode, their size matches the JSON
+(after EXIF orientation), JPEGs are complete; mixed into the dataset checker.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from PIL import Image, UnidentifiedImageError
+
+from instseg.data.annotation_checks import _ImageRecord
+from instseg.io.images import jpeg_has_end_marker
+
+logger = logging.getLogger(__name__)
+
+
+_EXIF_ORIENTATION_TAG = 0x0112
+# Orientations that rotate by 90 degrees, so the loader's EXIF transpose swaps width/height.
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+class ImageFileChecks:
+    """Image-file checks; the host class provides ``error`` and ``warning``."""
+
+    def _check_image_file(self, path: str, record: _ImageRecord) -> None:
+        label = record.label
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                image_format = image.format
+                # Raw EXIF from the header; getexif() may decode pixels, which verify forbids.
+                exif_bytes = image.info.get("exif")
+                image.verify()
+            orientation = _exif_orientation(exif_bytes)
+        except FileNotFoundError:
+            self.error(label, "image file not found", file=path)
+            return
+        except UnidentifiedImageError:
+            self.error(label, "not a recognizable image file", file=path)
+            return
+        except OSError as exc:
+            if exc.errno is None:  # raised by a decoder rather than the file system
+                self.error(label, f"corrupt image file: {exc}", file=path)
+            else:
+                self.error(label, f"cannot open image file: {exc.strerror}", file=path)
+            return
+        except Exception as exc:  # decoders signal corrupt data with assorted exception types
+            logger.debug("Reading %s failed", path, exc_info=True)
+            self.error(label, f"corrupt image file: {type(exc).__name__}: {exc}", file=path)
+            return
+        if image_format == "JPEG" and not jpeg_has_end_marker(path):
+            self.error(
+                label, "JPEG data has no end-of-image marker; the file looks truncated", file=path
+            )
+        if not record.has_size:
+            return
+        rotation_note = ""
+        # The training loader applies EXIF orientation, so the JSON must describe the
+        # rotated image.
+        if orientation in _TRANSPOSING_ORIENTATIONS:
+            width, height = height, width
+            rotation_note = " after EXIF rotation"
+        if (width, height) != (record.width, record.height):
+            self.error(
+                label,
+                f"image is {width}x{height} (width x height){rotation_note} on disk "
+                f"but the JSON says {record.width}x{record.height}",
+                file=path,
+            )
+
+
+def _exif_orientation(exif_bytes: bytes | None) -> int | None:
+    if not exif_bytes:
+        return None
+    exif = Image.Exif()
+    exif.load(exif_bytes)
+    return exif.get(_EXIF_ORIENTATION_TAG)

@@ -1,0 +1,346 @@
+"""Validation of COCO-format instance segmentation datasets.
+
+Broken annotations otherwise surface as obscure crashes deep inside training, or as
+instances silently dropped by the loader. Checking up front turns every problem into one
+line naming the file, the entry and what is wrong (a JSON path, an annotation id or an
+image file), so a whole dataset can be fixed in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import PureWindowsPath
+from typing import Any
+
+from instseg.data.annotation_checks import (
+    MAX_IMAGE_SIDE,
+    AnnotationChecks,
+    _describe,
+    _entry_label,
+    _ImageRecord,
+    _is_int,
+    _is_number,
+)
+from instseg.data.image_checks import ImageFileChecks
+
+logger = logging.getLogger(__name__)
+
+
+ERROR = "error"
+WARNING = "warning"
+
+REQUIRED_TOP_LEVEL_KEYS = ("images", "annotations", "categories")
+REQUIRED_IMAGE_FIELDS = ("id", "file_name", "width", "height")
+REQUIRED_ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox")
+REQUIRED_CATEGORY_FIELDS = ("id",)
+
+
+_NUMBER_TYPES = frozenset({int, float})
+_TOP_LEVEL = "<top level>"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One defect in a dataset, located precisely enough to fix without searching."""
+
+    severity: str  # ERROR or WARNING
+    file: str  # the JSON path, or the resolved image path for problems with image files
+    where: str  # location in the JSON, e.g. "annotations[3] (id=17).segmentation[0]"
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.severity not in (ERROR, WARNING):
+            raise ValueError(f"severity must be {ERROR!r} or {WARNING!r}, got {self.severity!r}")
+
+    def __str__(self) -> str:
+        prefix = "warning: " if self.severity == WARNING else ""
+        return f"{self.file}: {self.where}: {prefix}{self.message}"
+
+
+def has_errors(problems: Iterable[Problem]) -> bool:
+    """Whether any problem is severe enough to make the dataset unusable as is."""
+    return any(problem.severity == ERROR for problem in problems)
+
+
+def validate_coco_dataset(
+    json_path: str | os.PathLike, image_root: str | os.PathLike, check_images: bool = True
+) -> list[Problem]:
+    """Check a COCO instance-segmentation dataset and return every problem found.
+
+    Bad data never raises; it is reported. ``check_images`` additionally opens every image
+    file (header and a cheap integrity check, no full decode) to catch missing, corrupt or
+    mis-sized images before they stop a training run midway.
+    """
+    checker = _DatasetChecker(os.fspath(json_path))
+    dataset = checker.parse()
+    if dataset is not None:
+        sections = checker.check_top_level(dataset)
+        checker.check_categories(sections.get("categories"))
+        checker.check_images(sections.get("images"))
+        checker.check_annotations(sections.get("annotations"))
+        checker.warn_unannotated_images()
+        if check_images and "images" in sections:
+            checker.check_image_files(os.fspath(image_root))
+    problems = checker.problems
+    errors = sum(problem.severity == ERROR for problem in problems)
+    logger.debug(
+        "Validated %s: %d error(s), %d warning(s)", json_path, errors, len(problems) - errors
+    )
+    return problems
+
+
+class _DatasetChecker(AnnotationChecks, ImageFileChecks):
+    """Accumulates problems while walking one dataset file section by section."""
+
+    def __init__(self, json_file: str):
+        self.json_file = json_file
+        self.problems: list[Problem] = []
+        self.image_records: list[_ImageRecord] = []
+        # None until the section is known to be usable; reference checks are skipped
+        # otherwise, so one broken section does not flag every annotation.
+        self.images_by_id: dict[int, _ImageRecord] | None = None
+        self.category_ids: set[int] | None = None
+        self.annotated_image_ids: set[int] | None = None
+
+    def error(self, where: str, message: str, file: str | None = None) -> None:
+        self.problems.append(Problem(ERROR, file or self.json_file, where, message))
+
+    def warning(self, where: str, message: str, file: str | None = None) -> None:
+        self.problems.append(Problem(WARNING, file or self.json_file, where, message))
+
+    def parse(self) -> Any:
+        try:
+            with open(self.json_file, encoding="utf-8") as json_file:
+                text = json_file.read()
+        except OSError as exc:
+            self.error("<file>", f"cannot read file: {exc.strerror or exc}")
+            return None
+        except UnicodeDecodeError as exc:
+            self.error("<file>", f"not UTF-8 text: byte {exc.start} cannot be decoded")
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            self.error(f"line {exc.lineno}, column {exc.colno}", f"invalid JSON: {exc.msg}")
+            return None
+
+    def check_top_level(self, dataset: Any) -> dict[str, list]:
+        """Return the required sections that are arrays, keyed by name."""
+        if not isinstance(dataset, dict):
+            self.error(_TOP_LEVEL, f"must be a JSON object, got {_describe(dataset)}")
+            return {}
+        sections = {}
+        for key in REQUIRED_TOP_LEVEL_KEYS:
+            if key not in dataset:
+                self.error(_TOP_LEVEL, f"missing required key '{key}'")
+            elif not isinstance(dataset[key], list):
+                self.error(key, f"must be an array, got {_describe(dataset[key])}")
+            else:
+                sections[key] = dataset[key]
+        return sections
+
+    def check_categories(self, categories: list | None) -> None:
+        if categories is None:
+            return
+        self.category_ids = set()
+        if not categories:
+            self.error("categories", "contains no categories")
+        first_index_by_id: dict[int, int] = {}
+        label_by_name: dict[str, str] = {}
+        for index, category in enumerate(categories):
+            label = _entry_label("categories", index, category)
+            if not self._check_entry_fields(label, category, REQUIRED_CATEGORY_FIELDS):
+                continue
+            if "id" in category and self._check_id(label, category["id"]):
+                category_id = category["id"]
+                if category_id in first_index_by_id:
+                    first = first_index_by_id[category_id]
+                    self.error(
+                        label,
+                        f"duplicate category id {category_id} (first used by categories[{first}])",
+                    )
+                else:
+                    first_index_by_id[category_id] = index
+                    self.category_ids.add(category_id)
+            name = category.get("name")
+            if name is None or (isinstance(name, str) and not name.strip()):
+                self.error(label, "category has no name")
+            elif not isinstance(name, str):
+                self.error(f"{label}.name", f"must be a string, got {_describe(name)}")
+            elif name in label_by_name:
+                self.warning(
+                    label, f"duplicate category name '{name}' (also used by {label_by_name[name]})"
+                )
+            else:
+                label_by_name[name] = label
+
+    def check_images(self, images: list | None) -> None:
+        if images is None:
+            return
+        self.images_by_id = {}
+        if not images:
+            self.error("images", "contains no images")
+        label_by_file_name: dict[str, str] = {}
+        for index, image in enumerate(images):
+            label = _entry_label("images", index, image)
+            if not self._check_entry_fields(label, image, REQUIRED_IMAGE_FIELDS):
+                continue
+            id_ok = "id" in image and self._check_id(label, image["id"])
+            width = self._positive_int_field(label, image, "width")
+            height = self._positive_int_field(label, image, "height")
+            file_name = self._check_file_name(label, image)
+            if file_name is not None:
+                normalized = os.path.normpath(file_name)
+                if normalized in label_by_file_name:
+                    self.warning(
+                        f"{label}.file_name",
+                        f"file '{file_name}' is also used by {label_by_file_name[normalized]}",
+                    )
+                else:
+                    label_by_file_name[normalized] = label
+            record = _ImageRecord(index, label, file_name, width, height)
+            self.image_records.append(record)
+            if not id_ok:
+                continue
+            first = self.images_by_id.get(image["id"])
+            if first is not None:
+                self.error(
+                    label, f"duplicate image id {image['id']} (first used by images[{first.index}])"
+                )
+            else:
+                self.images_by_id[image["id"]] = record
+
+    def check_annotations(self, annotations: list | None) -> None:
+        if annotations is None:
+            return
+        self.annotated_image_ids = set()
+        first_index_by_id: dict[int, int] = {}
+        for index, annotation in enumerate(annotations):
+            label = _entry_label("annotations", index, annotation)
+            if not self._check_entry_fields(label, annotation, REQUIRED_ANNOTATION_FIELDS):
+                continue
+            if "id" in annotation and self._check_id(label, annotation["id"]):
+                annotation_id = annotation["id"]
+                if annotation_id in first_index_by_id:
+                    first = first_index_by_id[annotation_id]
+                    self.error(
+                        label,
+                        f"duplicate annotation id {annotation_id} (first used by annotations[{first}])",
+                    )
+                else:
+                    first_index_by_id[annotation_id] = index
+            image = self._check_image_reference(label, annotation)
+            self._check_category_reference(label, annotation)
+            if "bbox" in annotation:
+                self._check_bbox(f"{label}.bbox", annotation["bbox"], image)
+            if "segmentation" in annotation:
+                self._check_segmentation(f"{label}.segmentation", annotation["segmentation"], image)
+            else:
+                self.warning(label, "no segmentation; the instance has no mask")
+            if "area" in annotation:
+                area = annotation["area"]
+                if not (_is_number(area) and area >= 0):
+                    self.error(
+                        f"{label}.area", f"must be a non-negative number, got {_describe(area)}"
+                    )
+            if "iscrowd" in annotation and not (
+                _is_int(annotation["iscrowd"]) and annotation["iscrowd"] in (0, 1)
+            ):
+                self.error(
+                    f"{label}.iscrowd", f"must be 0 or 1, got {_describe(annotation['iscrowd'])}"
+                )
+
+    def warn_unannotated_images(self) -> None:
+        if self.images_by_id is None or self.annotated_image_ids is None:
+            return
+        for image_id, record in self.images_by_id.items():
+            if image_id not in self.annotated_image_ids:
+                self.warning(record.label, "image has no annotations")
+
+    def check_image_files(self, image_root: str) -> None:
+        if not os.path.isdir(image_root):
+            self.error("<image root>", "image root directory not found", file=image_root)
+            return
+        for record in self.image_records:
+            if record.file_name is not None:
+                self._check_image_file(os.path.join(image_root, record.file_name), record)
+
+    # Entry-level helpers.
+
+    def _check_entry_fields(self, label: str, entry: Any, required: tuple[str, ...]) -> bool:
+        """Report a non-object entry or missing fields; False means skip the entry."""
+        if not isinstance(entry, dict):
+            self.error(label, f"must be an object, got {_describe(entry)}")
+            return False
+        for field in required:
+            if field not in entry:
+                self.error(label, f"missing required field '{field}'")
+        return True
+
+    def _check_id(self, label: str, value: Any, field: str = "id") -> bool:
+        if _is_int(value):
+            return True
+        self.error(f"{label}.{field}", f"must be an integer, got {_describe(value)}")
+        return False
+
+    def _positive_int_field(self, label: str, entry: dict, field: str) -> int | None:
+        if field not in entry:
+            return None
+        value = entry[field]
+        if _is_int(value) and 0 < value <= MAX_IMAGE_SIDE:
+            return value
+        self.error(
+            f"{label}.{field}",
+            f"must be a positive integer up to {MAX_IMAGE_SIDE}, got {_describe(value)}",
+        )
+        return None
+
+    def _check_file_name(self, label: str, image: dict) -> str | None:
+        """Return the file name if it is safe to join onto the image root."""
+        if "file_name" not in image:
+            return None
+        file_name = image["file_name"]
+        where = f"{label}.file_name"
+        if not isinstance(file_name, str) or not file_name:
+            self.error(where, f"must be a non-empty string, got {_describe(file_name)}")
+            return None
+        if os.path.isabs(file_name) or PureWindowsPath(file_name).drive:
+            self.error(
+                where, f"absolute path '{file_name}'; file_name must be relative to the image root"
+            )
+            return None
+        normalized = os.path.normpath(file_name)
+        if normalized == os.pardir or normalized.startswith(os.pardir + os.sep):
+            self.error(where, f"path '{file_name}' escapes the image root")
+            return None
+        return file_name
+
+    def _check_image_reference(self, label: str, annotation: dict) -> _ImageRecord | None:
+        if "image_id" not in annotation:
+            return None
+        image_id = annotation["image_id"]
+        if not self._check_id(label, image_id, "image_id"):
+            return None
+        if self.annotated_image_ids is not None:
+            self.annotated_image_ids.add(image_id)
+        if self.images_by_id is None:
+            return None
+        image = self.images_by_id.get(image_id)
+        if image is None:
+            self.error(f"{label}.image_id", f"refers to unknown image id {image_id}")
+        return image
+
+    def _check_category_reference(self, label: str, annotation: dict) -> None:
+        if "category_id" not in annotation:
+            return
+        category_id = annotation["category_id"]
+        if not self._check_id(label, category_id, "category_id"):
+            return
+        if self.category_ids is not None and category_id not in self.category_ids:
+            self.error(f"{label}.category_id", f"refers to unknown category id {category_id}")
+
+    # Geometry checks.

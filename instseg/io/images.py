@@ -1,0 +1,112 @@
+"""Image files: reading one as the model wants it (or one line saying why not), writing one
+atomically, and instance-id images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from instseg.io.atomic import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+_JPEG_END_MARKER = b"\xff\xd9"
+# Entropy-coded data cannot contain the end marker, so it must appear near the end of any
+# complete file; a small tail window tolerates padding and short trailers.
+_JPEG_TAIL_BYTES = 4096
+
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class ImageReadError(Exception):
+    """One input that cannot be used as an image; ``str()`` is one line naming the file."""
+
+
+def jpeg_has_end_marker(path: str) -> bool:
+    with open(path, "rb") as jpeg_file:
+        jpeg_file.seek(0, os.SEEK_END)
+        jpeg_file.seek(max(0, jpeg_file.tell() - _JPEG_TAIL_BYTES))
+        return _JPEG_END_MARKER in jpeg_file.read()
+
+    common = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+    return ", ".join(common) + ", ..."
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as the model wants it, or say in one line why it cannot be used.
+
+    Returns:
+        np.ndarray: H x W x 3 uint8 in BGR order, exactly what ``cv2.imread(path)`` returns for a
+        valid file: EXIF orientation applied, grayscale replicated to 3 channels, alpha dropped,
+        16-bit samples scaled to 8 bits.
+
+    Raises:
+        ImageReadError: missing or unreadable file, empty file, truncated JPEG (OpenCV would
+            otherwise decode the part that is there, grey below, and only print a warning), or
+            data that no image decoder recognises.
+    """
+    name = os.fspath(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ImageReadError(f"{name}: cannot read file: {e.strerror or e}") from None
+    if not data:
+        raise ImageReadError(f"{name}: empty file (0 bytes)")
+    if data.startswith(_JPEG_MAGIC) and not jpeg_has_end_marker(name):
+        raise ImageReadError(f"{name}: truncated JPEG (no end-of-image marker)")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ImageReadError(f"{name}: cannot decode image: {message}") from None
+    if image is None:
+        raise ImageReadError(f"{name}: not an image file, or corrupt image data")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        raise ImageReadError(f"{name}: unsupported image layout {image.shape} {image.dtype}")
+    return image
+
+
+def atomic_write_image(
+    path: str | os.PathLike, image: np.ndarray, params: Sequence[int] = ()
+) -> Path:
+    """Encode ``image`` (H x W x 3 BGR or H x W, uint8 or uint16 for PNG/TIFF) in the format its
+    name's extension names and write it atomically.
+
+    Raises:
+        ValueError: the extension has no encoder, or the encoder refused the image.
+    """
+    target = Path(path)
+    try:
+        ok, encoded = cv2.imencode(target.suffix, image, list(params))
+    except cv2.error as e:
+        raise ValueError(f"{target}: cannot encode {target.suffix} image: {e}") from None
+    if not ok:
+        raise ValueError(f"{target}: cannot encode {target.suffix} image")
+    return atomic_write_bytes(target, encoded.tobytes())
+
+
+def instance_id_image(masks: np.ndarray) -> np.ndarray:
+    """One H x W image whose pixel values are instance ids: 1 for ``masks[0]``, 2 for
+    ``masks[1]``, ... and 0 for background; where masks overlap the lower id (earlier mask) wins.
+
+    Args:
+        masks (np.ndarray): N x H x W bool, most important (highest score) first.
+
+    Returns:
+        np.ndarray: uint8 when N <= 255, else uint16 (both lossless in PNG).
+    """
+    count = len(masks)
+    if count > np.iinfo(np.uint16).max:
+        raise ValueError(f"{count} instances do not fit in a 16-bit id image")
+    dtype = np.uint8 if count <= np.iinfo(np.uint8).max else np.uint16
+    ids = np.zeros(masks.shape[1:], dtype=dtype)
+    for index in range(count - 1, -1, -1):
+        ids[masks[index]] = index + 1
+    return ids

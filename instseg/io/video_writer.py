@@ -1,0 +1,420 @@
+"""Writing videos: H.264 in MP4 through PyAV (or MPEG-4 Part 2 "mp4v" through
+``cv2.VideoWriter`` as a fallback), optionally with the audio of another file. Output goes
+to a temporary file beside the target that is re-opened and checked before it replaces the
+final path, so a failed run never leaves a partial video behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from instseg.io.atomic import publish, temp_path
+from instseg.io.audio import _AudioFeed, _CopyFeed, _ToneFeed
+from instseg.io.encoders import _OpenCVEncoder, _PyAVEncoder
+from instseg.io.media import (
+    VideoReadError,
+    VideoWriteError,
+    WrittenVideo,
+    _ffmpeg_reason,
+    _one_line,
+)
+
+try:
+    import av
+except ImportError:  # the OpenCV paths still work without PyAV
+    av = None
+
+logger = logging.getLogger(__name__)
+
+# H.264 encoders in order of preference; hardware ones are only used if they open.
+_H264_ENCODERS = (
+    "libx264",
+    "libopenh264",
+    "h264_videotoolbox",
+    "h264_nvenc",
+    "h264_qsv",
+    "h264_amf",
+    "h264_vaapi",
+)
+
+
+# Timestamps are kept on a clock of at least this many ticks per second.
+_MIN_TICKS_PER_SECOND = 90000
+
+
+@functools.lru_cache(maxsize=1)
+def available_h264_encoder() -> str | None:
+    """Name of the first H.264 encoder PyAV's FFmpeg has that actually opens, else None."""
+    if av is None:
+        return None
+    for name in _H264_ENCODERS:
+        if name not in av.codecs_available:
+            continue
+        try:
+            ctx = av.CodecContext.create(name, "w")
+            ctx.width, ctx.height, ctx.pix_fmt = 64, 64, "yuv420p"
+            ctx.time_base = Fraction(1, 30)
+            ctx.framerate = Fraction(30)
+            ctx.open()
+            return name
+        except Exception as exc:  # hardware encoders are listed even without the device
+            logger.debug("H.264 encoder %s is unusable here: %s", name, _ffmpeg_reason(exc))
+    return None
+
+
+def _tick_rate(rate: Fraction, limit: int | None = None) -> int:
+    """Ticks per second: a multiple of the frame rate's numerator, so constant-rate frames
+    land on exact ticks, and fine enough to keep irregular times to ~0.01 ms.
+
+    ``limit`` caps it for encoders with a small clock (MPEG-4 Part 2: 16 bits).
+    """
+    n = rate.numerator
+    if limit is None:
+        return n * max(1, math.ceil(_MIN_TICKS_PER_SECOND / n))
+    return n * (limit // n) if n <= limit else limit
+
+
+class VideoWriter:
+    """Write BGR frames to a video file, checked by re-opening before it gets its name.
+
+    ``codec``: ``"h264"`` (PyAV, H.264, yuv420p, or yuv444p when a side is odd because
+    4:2:0 cannot represent odd sizes), ``"mp4v"`` (OpenCV's MPEG-4 Part 2 writer) or
+    ``"auto"`` (h264 when available, else mp4v). Frame ``time`` values become the
+    timestamps (shifted so the first frame is at 0); without them frames are 1/fps apart.
+    ``audio_source``: a media file whose audio, cut to the same time range, is added.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: float,
+        width: int,
+        height: int,
+        codec: str = "h264",
+        audio_source: str | os.PathLike | None = None,
+        *,
+        crf: int = 23,
+        preset: str = "veryfast",
+        publish: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        # False: close() leaves the checked file at ``temp_file`` for the caller to publish
+        # together with other outputs (instseg.io.atomic.commit_together).
+        self.publish = publish
+        if not (fps and math.isfinite(fps) and fps > 0):
+            raise VideoWriteError(f"{self.path}: fps must be a positive number, got {fps!r}")
+        if int(width) <= 0 or int(height) <= 0:
+            raise VideoWriteError(f"{self.path}: invalid frame size {width}x{height}")
+        self.fps = float(fps)
+        self.width, self.height = int(width), int(height)
+        self.codec = self._resolve_codec(codec)
+        self.audio_source = Path(audio_source) if audio_source is not None else None
+        self.crf, self.preset = crf, preset
+        self._rate = Fraction(self.fps).limit_denominator(1001)
+        self._set_clock(_tick_rate(self._rate))
+        self._t0: float | None = None
+        self._pts: list[int] = []
+        self._tmp: Path | None = None
+        self._closed = False
+        self._backend: _PyAVEncoder | _OpenCVEncoder | None = None
+        self._audio: _AudioFeed | None = None
+        self._tone_hz: float | None = None  # set by write_test_clip for a generated track
+        self.result: WrittenVideo | None = None
+        if not self.path.parent.is_dir():
+            raise VideoWriteError(f"{self.path}: folder {self.path.parent} does not exist")
+
+    def _resolve_codec(self, codec: str) -> str:
+        if codec == "auto":
+            return "h264" if available_h264_encoder() else "mp4v"
+        if codec == "h264":
+            if av is None:
+                raise VideoWriteError(f"{self.path}: codec 'h264' needs PyAV, which is missing")
+            if available_h264_encoder() is None:
+                raise VideoWriteError(f"{self.path}: PyAV's FFmpeg has no usable H.264 encoder")
+            return codec
+        if codec == "mp4v":
+            return codec
+        raise VideoWriteError(f"{self.path}: unknown codec {codec!r} (use h264, mp4v or auto)")
+
+    # -- setup
+
+    def _set_clock(self, ticks: int) -> None:
+        self._ticks = ticks
+        self._frame_ticks = round(ticks / self._rate)
+
+    def _start(self) -> None:
+        self._tmp = temp_path(self.path)
+        odd = self.width % 2 or self.height % 2
+        try:
+            self._audio = self._make_audio_feed()
+            if self.codec == "h264":
+                name = available_h264_encoder()
+                self._backend = _PyAVEncoder(self, name, self._h264_pix_fmt(name, odd))
+            elif odd:
+                # OpenCV silently rounds odd sizes down; FFmpeg's own mpeg4 encoder keeps them.
+                if av is None:
+                    raise VideoWriteError(
+                        f"{self.path}: mp4v through OpenCV cannot keep the odd size "
+                        f"{self.width}x{self.height} and PyAV is missing"
+                    )
+                self._set_clock(_tick_rate(self._rate, limit=65535))
+                self._backend = _PyAVEncoder(self, "mpeg4", "yuv420p")
+            else:
+                self._backend = _OpenCVEncoder(self)
+        except VideoWriteError:
+            self.abort()
+            raise
+        except Exception as exc:
+            self.abort()
+            raise VideoWriteError(
+                f"{self.path}: cannot start the {self.codec} encoder ({_ffmpeg_reason(exc)})"
+            ) from None
+
+    def _h264_pix_fmt(self, encoder: str, odd: bool) -> str:
+        if not odd:
+            return "yuv420p"
+        formats = {f.name for f in (av.Codec(encoder, "w").video_formats or ())}
+        if "yuv444p" in formats:
+            return "yuv444p"
+        raise VideoWriteError(
+            f"{self.path}: {encoder} cannot encode the odd size {self.width}x{self.height} "
+            "(4:2:0 needs even sides); use codec='mp4v'"
+        )
+
+    def _make_audio_feed(self) -> _AudioFeed | None:
+        if self._tone_hz is not None:
+            return _ToneFeed(self._tone_hz) if av is not None else None
+        if self.audio_source is None:
+            return None
+        if av is None:
+            logger.warning(
+                "%s: PyAV is missing, so the audio of %s is dropped", self.path, self.audio_source
+            )
+            return None
+        try:
+            container = av.open(str(self.audio_source), metadata_errors="ignore")
+        except Exception as exc:
+            raise VideoWriteError(
+                f"{self.path}: cannot open audio source {self.audio_source} ({_ffmpeg_reason(exc)})"
+            ) from None
+        if not container.streams.audio:
+            container.close()
+            logger.info(
+                "%s: %s has no audio stream; writing video only", self.path, self.audio_source
+            )
+            return None
+        return _CopyFeed(container, self.audio_source)
+
+    # -- writing
+
+    def write(self, image_bgr: np.ndarray, time: float | None = None) -> None:
+        """Append one frame; ``time`` (seconds) must increase from frame to frame."""
+        if self._closed:
+            raise VideoWriteError(f"{self.path}: write() after close()")
+        image = self._check_image(image_bgr)
+        if self._backend is None:
+            self._start()
+        if time is not None and self._t0 is None and not self._pts:
+            self._t0 = float(time)
+        if time is not None:
+            pts = round((float(time) - (self._t0 or 0.0)) * self._ticks)
+        else:
+            pts = self._pts[-1] + self._frame_ticks if self._pts else 0
+        if self._pts and pts <= self._pts[-1]:
+            self.abort()
+            raise VideoWriteError(
+                f"{self.path}: frame {len(self._pts)} time {time} does not come after the "
+                f"previous frame's {self._pts[-1] / self._ticks:.6f}s"
+            )
+        if not self._pts and self._audio is not None:
+            self._audio.start(self._t0 or 0.0)
+        self._pts.append(pts)
+        try:
+            self._backend.write(image, pts)
+        except VideoWriteError:
+            self.abort()
+            raise
+        except Exception as exc:
+            self.abort()
+            raise VideoWriteError(
+                f"{self.path}: encoding frame {len(self._pts) - 1} failed ({_ffmpeg_reason(exc)})"
+            ) from None
+
+    def _check_image(self, image: np.ndarray) -> np.ndarray:
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        elif image.ndim == 3 and image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            self.abort()
+            raise VideoWriteError(
+                f"{self.path}: frames must be HxWx3 uint8 BGR, got {image.shape} {image.dtype}"
+            )
+        h, w = image.shape[:2]
+        if (w, h) != (self.width, self.height):
+            self.abort()
+            raise VideoWriteError(
+                f"{self.path}: frame {len(self._pts)} is {w}x{h}, expected {self.width}x{self.height}"
+            )
+        return np.ascontiguousarray(image)
+
+    # -- finishing
+
+    @property
+    def frames_written(self) -> int:
+        return len(self._pts)
+
+    def close(self) -> WrittenVideo:
+        """Finish encoding, check the re-opened file, then move it to ``path``."""
+        if self._closed:
+            raise VideoWriteError(f"{self.path}: close() called twice")
+        if not self._pts:
+            self.abort()
+            raise VideoWriteError(f"{self.path}: no frames were written")
+        self._closed = True
+        end_pts = self._pts[-1] + self._frame_ticks
+        try:
+            has_audio = self._backend.finish(end_pts)
+            if getattr(self._backend, "constant_rate", False):
+                end_pts = len(self._pts) * self._frame_ticks  # the given times were dropped
+            expected = end_pts / self._ticks
+            written = _check_written(
+                self._tmp, self.path, len(self._pts), expected, self, has_audio
+            )
+            if self.publish:
+                publish(self._tmp, self.path)
+        except VideoWriteError:
+            self._discard()
+            raise
+        except Exception as exc:
+            self._discard()
+            raise VideoWriteError(
+                f"{self.path}: finishing the video failed ({_ffmpeg_reason(exc)})"
+            ) from None
+        finally:
+            if self._audio is not None:
+                self._audio.close()
+        logger.debug(
+            "%s: wrote %d frames, %.3fs, %s, %d bytes",
+            self.path,
+            written.frames,
+            written.duration,
+            written.codec,
+            written.bytes,
+        )
+        self.result = written
+        return written
+
+    @property
+    def temp_file(self) -> Path | None:
+        return self._tmp
+
+    def abort(self) -> None:
+        """Stop without producing a file; whatever was written so far is deleted."""
+        self._closed = True
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._backend is not None:
+            with contextlib.suppress(Exception):
+                self._backend.abort()
+        if self._audio is not None:
+            with contextlib.suppress(Exception):
+                self._audio.close()
+        for tmp in (self._tmp, getattr(self._backend, "remux_path", None)):
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._closed:
+            self.close()
+
+
+def _check_written(tmp, final, frames, duration, writer, has_audio) -> WrittenVideo:
+    """Re-open the output and compare it with what was written."""
+    try:
+        got_frames, got_duration, size, got_audio = _inspect_output(tmp)
+    except Exception as exc:
+        raise VideoWriteError(f"{final}: output cannot be re-opened ({_one_line(exc)})") from None
+    if size != (writer.width, writer.height):
+        raise VideoWriteError(
+            f"{final}: re-opened output is {size[0]}x{size[1]}, expected {writer.width}x{writer.height}"
+        )
+    if got_frames != frames:
+        raise VideoWriteError(
+            f"{final}: re-opened output has {got_frames} frames, expected {frames}"
+        )
+    tolerance = max(1.5 / writer.fps, 0.05)
+    if got_duration is not None and abs(got_duration - duration) > tolerance:
+        raise VideoWriteError(
+            f"{final}: re-opened output lasts {got_duration:.3f}s, expected {duration:.3f}s"
+        )
+    if has_audio and not got_audio:
+        raise VideoWriteError(f"{final}: re-opened output lost its audio stream")
+    return WrittenVideo(
+        path=Path(final),
+        frames=got_frames,
+        duration=got_duration if got_duration is not None else duration,
+        codec=writer.codec,
+        bytes=os.path.getsize(tmp),
+        has_audio=got_audio,
+    )
+
+
+def _inspect_output(path: Path) -> tuple[int, float | None, tuple[int, int], bool]:
+    """(frames, video duration, (width, height), has audio) of a finished file."""
+    if av is None:
+        cap = cv2.VideoCapture(str(path))
+        try:
+            if not cap.isOpened():
+                raise VideoReadError("OpenCV cannot open it")
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            if count <= 0:
+                count = 0
+                while cap.grab():
+                    count += 1
+            size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+            fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+            return count, (count / fps if fps > 0 else None), size, False
+        finally:
+            cap.release()
+    with av.open(str(path), metadata_errors="ignore") as container:
+        if not container.streams.video:
+            raise VideoReadError("no video stream")
+        stream = container.streams.video[0]
+        size = (stream.codec_context.width, stream.codec_context.height)
+        has_audio = bool(container.streams.audio)
+        count = int(stream.frames or 0)
+        duration = None
+        if stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        if count == 0 or duration is None:
+            # No sample table (e.g. Matroska): count packets, which is one per frame.
+            count, first, end = 0, None, None
+            for packet in container.demux(stream):
+                if packet.size == 0 or packet.pts is None:
+                    continue
+                count += 1
+                t0 = packet.pts * packet.time_base
+                first = t0 if first is None else min(first, t0)
+                t1 = (packet.pts + (packet.duration or 0)) * packet.time_base
+                end = t1 if end is None else max(end, t1)
+            if duration is None and first is not None:
+                duration = float(end - first)
+        return count, duration, size, has_audio
