@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+import yaml
 from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
@@ -21,7 +22,14 @@ from instseg.io.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConfigError", "add_instseg_config", "build_cfg", "resolve_config_path", "save_cfg"]
+__all__ = [
+    "ConfigError",
+    "add_instseg_config",
+    "build_cfg",
+    "load_config_yaml",
+    "resolve_config_path",
+    "save_cfg",
+]
 
 # Repository folder holding the project YAMLs; `configs/NAME.yaml` may be given as NAME alone.
 PROJECT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -132,7 +140,7 @@ def build_cfg(
         _merge(cfg, f"model zoo {zoo_config}", lambda: cfg.merge_from_file(zoo_file))
         cfg.INSTSEG.MODEL_ZOO_CONFIG = zoo_config
     for path in paths:
-        _merge(cfg, str(path), lambda path=path: cfg.merge_from_file(str(path)))
+        _merge(cfg, str(path), lambda path=path: cfg.merge_from_file(str(path), allow_unsafe=False))
     _merge(cfg, "command line", lambda: cfg.merge_from_list(list(opts)))
     _apply_dataset_names(cfg)
     if freeze:
@@ -144,7 +152,7 @@ def _zoo_config_name(paths: Iterable[Path], opts: Sequence[str]) -> str:
     """The last ``INSTSEG.MODEL_ZOO_CONFIG`` set by a project YAML (with its bases) or override."""
     name = ""
     for path in paths:
-        loaded = CfgNode.load_yaml_with_base(str(path), allow_unsafe=True) or {}
+        loaded = load_config_yaml(path)
         name = (loaded.get("INSTSEG") or {}).get("MODEL_ZOO_CONFIG", name)
     for key, value in zip(opts[0::2], opts[1::2], strict=True):
         if key == "INSTSEG.MODEL_ZOO_CONFIG":
@@ -152,9 +160,34 @@ def _zoo_config_name(paths: Iterable[Path], opts: Sequence[str]) -> str:
     return name
 
 
+def load_config_yaml(path: str | os.PathLike) -> dict:
+    """A config YAML (with its ``_BASE_`` chain) as plain data: YAML's safe loader only, so a
+    file from anyone never runs code; a Python tag is one error naming the file and line.
+
+    Raises:
+        ConfigError: ``FILE:LINE:COLUMN: problem``.
+    """
+    try:
+        loaded = CfgNode.load_yaml_with_base(str(path), allow_unsafe=False)
+    except yaml.YAMLError as e:
+        raise _yaml_error(e, path) from None
+    return loaded or {}
+
+
+def _yaml_error(exc: yaml.YAMLError, path: str | os.PathLike) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if "python/" in str(exc):
+        problem = "Python tags are not allowed: instseg reads configs as data, never as code"
+    return ConfigError(f"{where}: {' '.join(problem.split())}")
+
+
 def _merge(cfg: CfgNode, source: str, merge) -> None:
     try:
         merge()
+    except yaml.YAMLError as e:
+        raise _yaml_error(e, source) from None
     except (KeyError, AssertionError, ValueError) as e:
         message = str(e.args[0]) if e.args else str(e)
         unknown = _UNKNOWN_KEY.search(message)

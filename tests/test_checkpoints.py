@@ -260,3 +260,33 @@ def test_finetune_with_other_class_count(
     assert "not used by the model" not in log
     if kind == "pkl":
         assert "Reading a file from 'Detectron2 Model Zoo'" in log
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pkl_never_runs(tmp_path):
+    from instseg.engine.checkpoints import FinetuneCheckpointer, check_pkl_is_data
+
+    marker = tmp_path / "marker"
+    pkl = tmp_path / "model.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({"model": {"w": _RunsCode(marker)}, "__author__": "someone"}, f)
+    with pytest.raises(WeightsError, match=f"^{pkl}: .*refused global (posix|os).system"):
+        check_pkl_is_data(pkl)
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(WeightsError, match="refused global"):
+        FinetuneCheckpointer(model).load(str(pkl))
+    assert not marker.exists()
+
+
+def test_a_zoo_layout_pkl_is_data(source_checkpoints):
+    from instseg.engine.checkpoints import check_pkl_is_data
+
+    files, _ = source_checkpoints
+    check_pkl_is_data(files["pkl"])  # numpy arrays in dicts: admitted

@@ -1,6 +1,7 @@
 """Config merging: order of sources, errors that name their source, frozen results, round trips."""
 
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,3 +238,43 @@ def test_trained_run_config_rebuilds_with_dataset_classes(trained_run):
     assert rebuilt.MODEL.RESNETS.DEPTH == 18
     assert str(trained_run) == rebuilt.OUTPUT_DIR
     assert _plain(rebuilt) == yaml.safe_load(saved.read_text())
+
+
+def _python_tag_yaml(path: Path, marker: Path) -> Path:
+    path.write_text(f"SOLVER: !!python/object/apply:os.system ['touch {marker}']\n")
+    return path
+
+
+def test_a_python_tag_in_a_project_config_never_runs(tmp_path):
+    marker = tmp_path / "marker"
+    config = _python_tag_yaml(tmp_path / "x.yaml", marker)
+    with pytest.raises(ConfigError) as info:
+        build_cfg([str(config)])
+    assert str(info.value).startswith(f"{config}:1:")
+    assert "Python tags are not allowed" in str(info.value)
+    assert not marker.exists()
+
+
+def test_a_python_tag_in_a_base_config_never_runs(tmp_path):
+    marker = tmp_path / "marker"
+    base = _python_tag_yaml(tmp_path / "base.yaml", marker)
+    config = tmp_path / "x.yaml"
+    config.write_text("_BASE_: base.yaml\nSOLVER:\n  BASE_LR: 0.01\n")
+    with pytest.raises(ConfigError, match=f"^{base}:1:.*Python tags"):
+        build_cfg([str(config)])
+    assert not marker.exists()
+
+
+def test_a_python_tag_in_the_run_config_beside_the_weights_never_runs(tmp_path):
+    from instseg.inference.predictor import load_model_config
+
+    marker = tmp_path / "marker"
+    run_config = tmp_path / "config.yaml"
+    run_config.write_text(
+        f"INSTSEG:\n  THING_CLASSES: !!python/object/apply:os.system ['touch {marker}']\n"
+    )
+    weights = tmp_path / "model_final.pth"
+    weights.write_bytes(b"")
+    with pytest.raises(ConfigError, match=f"^{run_config}:2:.*Python tags"):
+        load_model_config([], str(weights), ["MODEL.DEVICE", "cpu"])
+    assert not marker.exists()

@@ -9,10 +9,12 @@ predictors, which start from their random init, and says so in one line.
 import contextlib
 import logging
 import os
+import pickle
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from detectron2 import model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
@@ -86,8 +88,60 @@ def resolve_weights(weights: str) -> str:
         ) from None
 
 
+# The only globals a model-zoo .pkl may name: numpy arrays, dtypes and scalars, the codec
+# pickle uses for bytes, and ordered dicts. Anything else (os.system, ...) is refused.
+_PKL_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+        ("collections", "OrderedDict"),
+    }
+)
+
+
+class _DataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PKL_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        return super().find_class(module, name)
+
+
+def check_pkl_is_data(path: str | os.PathLike) -> None:
+    """Read a .pkl checkpoint through an unpickler that builds only arrays and containers, so a
+    crafted file cannot run code when loaded.
+
+    Raises:
+        WeightsError: one line naming the file and the refused global.
+    """
+    try:
+        with open(path, "rb") as f:
+            _DataUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise WeightsError(f"{path}: not a checkpoint of plain arrays ({e})") from None
+
+
 class FinetuneCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that re-initialises predictors whose class count differs."""
+    """DetectionCheckpointer that re-initialises predictors whose class count differs, and
+    reads checkpoints as data only (``.pth`` with ``weights_only``, ``.pkl`` checked first)."""
+
+    def _load_file(self, filename):
+        if filename.endswith(".pkl"):
+            # Checked with the restricted unpickler, the file holds only what it admits, so
+            # Detectron2's own reader (and its zoo/Caffe2 layout handling) can take it.
+            check_pkl_is_data(filename)
+        return super()._load_file(filename)
+
+    def _torch_load(self, f):
+        try:
+            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+        except pickle.UnpicklingError as e:
+            reason = " ".join(str(e).split())[:200]
+            raise WeightsError(f"{f}: not a checkpoint of plain tensors ({reason})") from None
 
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)

@@ -18,7 +18,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.structures import Instances
 
-from instseg.config import ConfigError, build_cfg
+from instseg.config import ConfigError, build_cfg, load_config_yaml
 from instseg.engine.checkpoints import resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def load_model_config(
         raise ConfigError("no weights: pass --weights FILE (a checkpoint from instseg train)")
     run_config = Path(cfg.MODEL.WEIGHTS).parent / "config.yaml"
     if not cfg.INSTSEG.THING_CLASSES and run_config.is_file():
-        trained = CfgNode.load_yaml_with_base(str(run_config), allow_unsafe=True) or {}
+        trained = load_config_yaml(run_config)
         classes = (trained.get("INSTSEG") or {}).get("THING_CLASSES") or []
         if classes:
             cfg.INSTSEG.THING_CLASSES = list(classes)

@@ -105,6 +105,15 @@ class StageThreads:
         if self.errors:
             raise self.errors[0]
 
+    def close(self) -> None:
+        """Stop every stage and wait for it (a consumer that leaves early, e.g. a closed
+        generator); a failure recorded so far is raised."""
+        self.stop.set()
+        self._join()
+        errors = [e for e in self.errors if not isinstance(e, GeneratorExit)]
+        if errors:
+            raise errors[0]
+
     def _join(self) -> None:
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         for thread in self.threads:
