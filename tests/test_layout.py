@@ -18,14 +18,11 @@ ALLOWED = {
     "engine": {"errors", "io", "config", "data", "viz"},
     "inference": {"errors", "io", "config", "data", "viz", "engine"},
 }
-APPS = {"cli", "demo", "doctor", "__init__"}
+APPS = {"cli", "predict_cli", "demo", "doctor", "__init__"}
 MAX_LINES = 400
 # Modules still over MAX_LINES; the list only shrinks.
 OVERSIZED = {
-    "cli.py",
     "data/sample_data.py",
-    "inference/predict.py",
-    "inference/video.py",
     "io/video_writer.py",
 }
 

@@ -493,18 +493,18 @@ def test_a_second_run_into_a_folder_in_use_is_refused(
 
 
 def _interrupt_third_write(monkeypatch):
-    from instseg.inference import predict
+    from instseg.inference.image_sink import ImageSink
 
-    original = predict._ShardRunner._write_image_outputs
+    original = ImageSink._write_outputs
     calls = []
 
-    def dies_on_third(self, item):
-        calls.append(item.task.rel)
+    def dies_on_third(self, frame, task):
+        calls.append(task.rel)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return original(self, item)
+        return original(self, frame, task)
 
-    monkeypatch.setattr(predict._ShardRunner, "_write_image_outputs", dies_on_third)
+    monkeypatch.setattr(ImageSink, "_write_outputs", dies_on_third)
 
 
 def test_interrupted_overwrite_then_skip_never_mixes_configs(
@@ -643,3 +643,64 @@ def test_sigkill_at_random_moments_then_skip_existing_ends_like_one_run(
         assert (output / rel).is_file() and (output / rel).with_suffix(".masks.png").is_file()
     leftovers = [p for p in output.rglob("*") if ".instseg-tmp-" in p.name or "commit" in p.name]
     assert leftovers == [] and not (output / PARTS_DIR_NAME).exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_machines_share_one_output_folder(
+    tmp_path, reference, _local_random_init_run, sample_dataset
+):
+    """Two "machines" (two process groups on localhost, gloo) write one folder like one run."""
+    instseg = Path(sys.executable).with_name("instseg")
+    output = tmp_path / "two-machines"
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [
+                str(instseg),
+                "predict",
+                f"{reference['images']}/**/*.jpg",
+                "--output",
+                str(output),
+                "--config",
+                str(_local_random_init_run / "config.yaml"),
+                "--weights",
+                str(_local_random_init_run / "model_final.pth"),
+                "--coco-json",
+                str(sample_dataset.val_json),
+                "--save-masks",
+                "--no-progress",
+                "--num-machines",
+                "2",
+                "--machine-rank",
+                str(rank),
+                "--dist-url",
+                url,
+                *PREDICT_OPTS,
+            ],  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    assert f"{len(LAYOUT)} input(s): {len(LAYOUT)} ok" in outputs[0]
+    assert "machine 1: done" in outputs[1]
+    reference_output = reference["output"]
+    rows = [(r["path"], r["status"], r["instances"]) for r in _manifest(output)]
+    assert rows == [(r["path"], r["status"], r["instances"]) for r in _manifest(reference_output)]
+    _assert_same_predictions(
+        _load(output, "predictions.json"), _load(reference_output, "predictions.json")
+    )
+    assert _load(output, "images.json") == _load(reference_output, "images.json")
+    assert not (output / PARTS_DIR_NAME).exists()

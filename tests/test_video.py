@@ -14,16 +14,17 @@ import pytest
 import torch
 from detectron2.engine import DefaultPredictor
 
-from instseg.cli import add_video_arguments, video_overrides
 from instseg.config import ConfigError
 from instseg.data.sample_data import iter_sample_video_frames
 from instseg.inference.predictor import BatchPredictor, load_model_config
 from instseg.inference.sources import is_video_path
-from instseg.inference.video import VideoResult, instances_to_records, predict_video, predict_videos
+from instseg.inference.video import VideoResult, predict_video
+from instseg.inference.videos import predict_videos
 from instseg.io.clips import write_test_clip
 from instseg.io.media import VideoReadError
 from instseg.io.video_reader import open_video
 from instseg.io.video_writer import VideoWriter, available_h264_encoder
+from instseg.predict_cli import add_video_arguments, video_overrides
 
 av = pytest.importorskip("av")
 
@@ -132,7 +133,7 @@ def test_output_matches_input_and_keeps_audio(make_cfg, predictor, tmp_path, cod
     assert result.ok and result.frames == NUM_FRAMES and result.first_bad_frame is None
     assert result.video == out / "clip.mp4"
     assert result.written.codec == codec and result.written.has_audio
-    assert set(result.stage_ms) == {"decode", "model", "render", "encode"}
+    assert set(result.stage_ms) == {"decode", "preprocess", "model", "render", "write"}
     assert result.throughput > 0
     with open_video(clip) as source, open_video(result.video) as output:
         assert output.frame_count == source.frame_count == NUM_FRAMES
@@ -183,34 +184,29 @@ def test_predictions_equal_default_predictor(
     result = predict_video(cfg, clip, tmp_path / "out", predictor=run_predictor, progress=False)
     lines = read_jsonl(result.predictions)
     atol = 1e-4 if batch_size == 1 else 1e-2
-    names = cfg.INSTSEG.THING_CLASSES
 
     assert len(lines) == len(reference) == NUM_FRAMES
     total = 0
     for line, expected in zip(lines, reference, strict=True):
-        got = line["instances"]
+        got = line["results"]
         assert len(got) == len(expected)
         total += len(got)
         if not got:
             continue
-        assert [g["class_id"] for g in got] == expected.pred_classes.tolist()
-        assert [g["class_name"] for g in got] == [names[c] for c in expected.pred_classes]
+        # The COCO results format of predictions.json: ids are the class ids + 1, boxes XYWH.
+        assert {g["image_id"] for g in got} == {line["frame"]}
+        assert [g["category_id"] for g in got] == (expected.pred_classes + 1).tolist()
         np.testing.assert_allclose(
             [g["score"] for g in got], expected.scores.numpy(), rtol=0, atol=atol
         )
-        np.testing.assert_allclose(
-            [g["box"] for g in got], expected.pred_boxes.tensor.numpy(), rtol=0, atol=atol
-        )
-        decoded = mask_util.decode([g["mask"] for g in got]).transpose(2, 0, 1).astype(bool)
+        boxes = expected.pred_boxes.tensor.numpy().copy()
+        boxes[:, 2:] -= boxes[:, :2]
+        np.testing.assert_allclose([g["bbox"] for g in got], boxes, rtol=0, atol=atol)
+        decoded = mask_util.decode([g["segmentation"] for g in got]).transpose(2, 0, 1)
+        decoded = decoded.astype(bool)
         masks = expected.pred_masks.numpy()
         assert (decoded != masks).sum() <= max_flipped * masks.size
     assert total > 0, "the test model should find something in these frames"
-
-
-def test_records_of_empty_instances():
-    from detectron2.structures import Instances
-
-    assert instances_to_records(Instances((4, 4)), ["a"]) == []
 
 
 @pytest.mark.parametrize(
@@ -248,11 +244,14 @@ def test_class_filter(make_cfg, predictor, tmp_path):
     everything = read_jsonl(
         predict_video(cfg, clip, tmp_path / "all", predictor=predictor).predictions
     )
-    keep = everything[0]["instances"][0]["class_name"] if everything[0]["instances"] else "ellipse"
+    names = list(cfg.INSTSEG.THING_CLASSES)
+    first = everything[0]["results"]
+    keep = names[first[0]["category_id"] - 1] if first else names[0]
     cfg = make_cfg("INSTSEG.PREDICT.RENDER", "False", "INSTSEG.PREDICT.CLASSES", f"['{keep}']")
     kept = read_jsonl(predict_video(cfg, clip, tmp_path / "one", predictor=predictor).predictions)
+    kept_id = names.index(keep) + 1
     for before, after in zip(everything, kept, strict=True):
-        assert after["instances"] == [i for i in before["instances"] if i["class_name"] == keep]
+        assert after["results"] == [r for r in before["results"] if r["category_id"] == kept_id]
 
 
 def test_variable_frame_rate_keeps_times(make_cfg, predictor, tmp_path):
@@ -278,8 +277,8 @@ def test_odd_frame_size(make_cfg, predictor, tmp_path, codec):
     with open_video(result.video) as output:
         assert (output.width, output.height) == (161, 119)
         assert len(list(output)) == 6
-    mask = read_jsonl(result.predictions)[0]["instances"]
-    assert all(i["mask"]["size"] == [119, 161] for i in mask)
+    results = read_jsonl(result.predictions)[0]["results"]
+    assert all(r["segmentation"]["size"] == [119, 161] for r in results)
 
 
 # ----------------------------------------------------------------------------- failures
@@ -437,4 +436,59 @@ def test_a_kill_between_the_two_outputs_is_completed_by_the_next_run(
     assert open_video(out / "clip.mp4").frame_count == 3
     assert read_jsonl(out / "clip.predictions.jsonl") == read_jsonl(reference.predictions)
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".") and "lock" not in p.name]
+    assert leftovers == []
+
+
+def test_sigkill_at_random_moments_then_skip_existing_ends_like_one_run(model_files, tmp_path):
+    """A video job killed at 10 random moments, re-run with --skip-existing after each kill,
+    ends with the outputs of one uninterrupted run and no temporary file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "in").mkdir()
+    clip = make_clip(tmp_path / "in" / "clip.mp4", n=24, audio=True)
+    config, weights = model_files
+    instseg = Path(sys.executable).with_name("instseg")
+
+    def command(output):
+        return [
+            str(instseg), "predict", str(clip), "--output", str(output), "--skip-existing",
+            "--config", config[0], "--weights", weights, "--no-progress", "--codec", "mp4v",
+            "MODEL.DEVICE", "cpu",
+        ]  # fmt: skip
+
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    start = time.monotonic()
+    done = subprocess.run(command(tmp_path / "ref"), capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    duration = time.monotonic() - start
+
+    output = tmp_path / "out"
+    kills = 0
+    for moment in np.random.default_rng(1).uniform(0.3, 1.0, size=10) * duration:
+        proc = subprocess.Popen(
+            command(output), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        )
+        try:
+            proc.wait(timeout=moment)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 3
+    done = subprocess.run(command(output), capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    reference = tmp_path / "ref"
+    got = read_jsonl(output / "clip.predictions.jsonl")
+    assert got == read_jsonl(reference / "clip.predictions.jsonl")
+    assert len(got) == 24
+    with open_video(output / "clip.mp4") as video:
+        assert video.frame_count == 24 and video.has_audio
+    leftovers = [
+        p.name for p in output.rglob("*") if ".instseg-tmp-" in p.name or "commit" in p.name
+    ]
     assert leftovers == []

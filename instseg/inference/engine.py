@@ -2,9 +2,9 @@
 image or video frame, with nothing written to disk, so a notebook or another program gets
 Detectron2 ``Instances`` (and optionally the drawn picture) for any SOURCE the CLI takes.
 
-Decoding and preprocessing run in a worker thread beside the model, through a bounded queue;
-the model runs in the caller's thread, ``INSTSEG.PREDICT.BATCH_SIZE`` frames per forward pass,
-across image and video boundaries alike.
+It runs :class:`~instseg.inference.pipeline.Pipeline`, the same stages as ``instseg predict``:
+decoding in a worker thread, the model in the caller's thread, ``INSTSEG.PREDICT.BATCH_SIZE``
+frames per forward pass across image and video boundaries alike.
 """
 
 from __future__ import annotations
@@ -19,23 +19,15 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data.catalog import Metadata
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Boxes, Instances
 
 from instseg.data.catalog import build_metadata
-from instseg.inference.predictor import (
-    BatchPredictor,
-    ModelInput,
-    class_filter,
-    filter_instances,
-    load_model_config,
-)
-from instseg.inference.sources import InputFile, is_video_path, resolve_source
-from instseg.inference.stages import END, StageThreads
-from instseg.inference.video import VideoOptions
-from instseg.io.images import ImageReadError, read_image
-from instseg.io.media import VideoError
-from instseg.io.video_reader import open_video
+from instseg.inference.frames import array_frames, file_frames
+from instseg.inference.pipeline import Frame, Pipeline
+from instseg.inference.predictor import BatchPredictor, class_filter, load_model_config
+from instseg.inference.records import coco_results
+from instseg.inference.sources import resolve_source
+from instseg.inference.video_options import VideoOptions
 from instseg.viz.render import build_renderer
 
 logger = logging.getLogger(__name__)
@@ -72,21 +64,7 @@ class Result:
 
     def to_coco(self, image_id: int = 1) -> list[dict]:
         """COCO results (category ids are contiguous class ids + 1), as predictions.json has."""
-        results = instances_to_coco_json(self.instances, image_id)
-        for result in results:
-            result["category_id"] += 1
-        return results
-
-
-@dataclass
-class _Frame:
-    path: Path | None
-    rel: str
-    index: int = 0
-    time: float | None = None
-    image: np.ndarray | None = None
-    model_input: ModelInput | None = None
-    error: str | None = None
+        return coco_results(self.instances, image_id)
 
 
 class Predictor:
@@ -129,6 +107,13 @@ class Predictor:
         self.keep_classes = class_filter(cfg)
         self.video_options = VideoOptions.from_cfg(cfg)
         self.model = BatchPredictor(cfg)
+        self.pipeline = Pipeline(
+            self.model,
+            self.keep_classes,
+            self.video_options.batch_size,
+            self.video_options.queue_size,
+            name="api",
+        )
         self.renderer = build_renderer(self.video_options.renderer, self.metadata) if draw else None
 
     def predict(self, source) -> Iterator[Result]:
@@ -137,75 +122,34 @@ class Predictor:
         ``source`` is anything ``instseg predict`` takes (an image, a video, a folder, a glob, a
         list file), a BGR array, or a list of those.
         """
-        threads = StageThreads("api", int(self.cfg.INSTSEG.PREDICT.QUEUE_SIZE))
-        frames = threads.queue()
-        threads.spawn("decode", lambda: self._decode(threads, frames, source))
-        batch_size = int(self.cfg.INSTSEG.PREDICT.BATCH_SIZE)
-        try:
-            batch: list[_Frame] = []
-            while True:
-                frame = threads.get(frames)
-                if frame is not END:
-                    batch.append(frame)
-                ready = [f for f in batch if f.error is None]
-                if batch and (frame is END or len(ready) >= batch_size):
-                    yield from self._run(batch, ready)
-                    batch = []
-                if frame is END:
-                    break
-        finally:
-            threads.close()
-
-    def _run(self, batch: list[_Frame], ready: list[_Frame]) -> Iterator[Result]:
-        outputs = self.model.predict([f.model_input for f in ready]) if ready else []
-        by_frame = {id(f): instances for f, instances in zip(ready, outputs, strict=True)}
-        for f in batch:
-            instances = by_frame.get(id(f))
+        for frame in self.pipeline.frames(self._frames(source)):
+            instances = frame.instances
             if instances is None:
-                height, width = f.image.shape[:2] if f.image is not None else (0, 0)
+                height, width = frame.image.shape[:2] if frame.image is not None else (0, 0)
                 instances = _no_instances(height, width)
-            else:
-                instances = filter_instances(instances, self.keep_classes)
-                if len(instances) > 1:
-                    instances = instances[torch.argsort(instances.scores, descending=True)]
             drawn = None
-            if self.renderer is not None and f.image is not None:
-                drawn = self.renderer.draw(f.image, instances)
+            if self.renderer is not None and frame.image is not None:
+                drawn = self.renderer.draw(frame.image, instances)
             yield Result(
-                f.path, f.rel, f.index, f.time, instances, self.metadata, f.image, drawn, f.error
+                frame.path,
+                frame.rel,
+                frame.index,
+                frame.time,
+                instances,
+                self.metadata,
+                frame.image,
+                drawn,
+                frame.error,
             )
 
-    def _decode(self, threads: StageThreads, out, source) -> None:
-        for frame in self._frames(source):
-            threads.check()
-            if frame.error is None:
-                frame.model_input = self.model.preprocess(frame.image)
-            threads.put(out, frame)
-        threads.put(out, END)
-
-    def _frames(self, source) -> Iterator[_Frame]:
+    def _frames(self, source) -> Iterator[Frame]:
         items = source if isinstance(source, list | tuple) else [source]
         for item in items:
             if isinstance(item, np.ndarray):
-                yield _Frame(None, "<array>", image=item)
+                yield from array_frames([item])
                 continue
             for f in resolve_source(item).files:
-                yield from self._file_frames(f)
-
-    def _file_frames(self, f: InputFile) -> Iterator[_Frame]:
-        if not is_video_path(f.path):
-            try:
-                yield _Frame(f.path, f.rel, image=read_image(f.path))
-            except ImageReadError as e:
-                yield _Frame(f.path, f.rel, error=str(e))
-            return
-        o = self.video_options
-        try:
-            with open_video(f.path) as video:
-                for vf in video.frames(o.start, o.end, o.stride, o.max_frames):
-                    yield _Frame(f.path, f.rel, vf.index, vf.time, vf.image)
-        except VideoError as e:
-            yield _Frame(f.path, f.rel, error=" ".join(str(e).split()))
+                yield from file_frames(f, self.video_options)
 
 
 def _no_instances(height: int, width: int) -> Instances:

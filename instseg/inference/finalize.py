@@ -1,0 +1,129 @@
+"""The end of an ``instseg predict`` job: every rank's part file and the earlier run's records,
+streamed in input order into predictions.json, images.json, manifest.csv, config.yaml and the
+resume index, which become visible together through one commit journal."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from instseg.inference.image_sink import ShardStats
+from instseg.inference.job import (
+    CONFIG_FILE,
+    ERROR,
+    IMAGES_FILE,
+    INDEX_FILE,
+    MANIFEST_COLUMNS,
+    MANIFEST_FILE,
+    OK,
+    PREDICTIONS_FILE,
+    SKIPPED,
+    Job,
+    PredictResult,
+    Task,
+)
+from instseg.inference.pipeline import StageClock
+from instseg.inference.resume import prior_record
+from instseg.io.atomic import AtomicTextFile, commit_journal, commit_together
+from instseg.io.writers import CsvWriter, JsonListWriter, iter_json_lines
+
+logger = logging.getLogger(__name__)
+
+
+def _part_records(path: Path) -> Iterator[dict]:
+    if path.is_file():
+        for _, record in iter_json_lines(path):
+            yield record
+
+
+def _carried_records(job: Job) -> Iterator[dict]:
+    for task, entry in job.carried:
+        yield prior_record(job, task, entry)
+
+
+def finalize(
+    job: Job, part_files: Sequence[Path], all_stats: Sequence[ShardStats]
+) -> PredictResult:
+    """Stream every part file (and the earlier run's records) into the final files, in input
+    order; an input without any record (which would mean a lost part file line) is an error row."""
+    output_dir = Path(job.output_dir)
+    streams = [_part_records(path) for path in part_files] + [_carried_records(job)]
+    merged = heapq.merge(*streams, key=lambda record: record["index"])
+    result = PredictResult(output_dir=str(output_dir), total=job.total)
+    info = {"description": "instseg predict: the images of predictions.json"}
+    tasks_by_index = {task.index: task for task in job.tasks}
+    predictions = JsonListWriter(output_dir / PREDICTIONS_FILE)
+    images = JsonListWriter(
+        output_dir / IMAGES_FILE,
+        key="images",
+        members={"info": info, "categories": job.categories, "annotations": []},
+    )
+    manifest = CsvWriter(output_dir / MANIFEST_FILE, MANIFEST_COLUMNS)
+    index = AtomicTextFile(output_dir / INDEX_FILE)
+    config = AtomicTextFile(output_dir / CONFIG_FILE)
+    files = (predictions, images, manifest, index, config)
+    identities: dict[str, list[int]] = {}
+    try:
+        expected = 0
+        for record in _with_missing(merged, job.total, tasks_by_index):
+            if record["index"] != expected:
+                continue  # a repeated record: the first one counts
+            expected += 1
+            manifest.add(record)
+            status = record["status"]
+            if status == ERROR:
+                result.errors += 1
+                continue
+            identities[record["path"]] = record["identity"]
+            result.ok += status == OK
+            result.skipped += status == SKIPPED
+            images.add(record["image"])
+            for r in record["results"]:
+                predictions.add(r)
+            result.instances += len(record["results"])
+        index.write(json.dumps({"config": job.config_digest, "inputs": identities}) + "\n")
+        config.write(job.cfg.dump())
+        # The final files become visible together (or, killed part-way, on the next run).
+        pairs = [(f.close_unpublished(), f.path) for f in files]
+        commit_together(pairs, commit_journal(output_dir, "predict"))
+    except BaseException:
+        for f in files:
+            f.discard()
+        raise
+    result.stage_ms, result.images_per_s = StageClock.combine([s.clock for s in all_stats])
+    for path in part_files:
+        path.unlink(missing_ok=True)
+    return result
+
+
+def _with_missing(records: Iterator[dict], total: int, tasks_by_index: dict[int, Task]):
+    """``records`` (sorted by index) with an error row for every index in 0..total-1 that none
+    covers."""
+    expected = 0
+    for record in records:
+        while expected < record["index"]:
+            yield _missing_record(expected, tasks_by_index)
+            expected += 1
+        yield record
+        expected = max(expected, record["index"] + 1)
+    while expected < total:
+        yield _missing_record(expected, tasks_by_index)
+        expected += 1
+
+
+def _missing_record(index: int, tasks_by_index: dict[int, Task]) -> dict:
+    task = tasks_by_index.get(index)
+    rel = task.rel if task else f"#{index}"
+    message = f"{task.path if task else rel}: no result recorded (a worker process stopped early)"
+    logger.error("%s", message)
+    return {
+        "index": index,
+        "path": rel,
+        "status": ERROR,
+        "instances": 0,
+        "time_ms": None,
+        "error": message,
+    }

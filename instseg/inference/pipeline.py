@@ -1,0 +1,272 @@
+"""The one inference pipeline: image files and video frames alike, for the Python API, folder
+jobs and videos.
+
+A source yields :class:`Frame` objects (an image file, or one frame of a video, with its
+identity); the stages are the same for all of them::
+
+    decode + preprocess (thread) -> model, INSTSEG.PREDICT.BATCH_SIZE frames per forward pass,
+        then class filter and score order (the calling thread) -> output stages (a thread each)
+
+:meth:`Pipeline.frames` yields the predicted frames to the caller (the API);
+:meth:`Pipeline.run` hands them to output stages (drawing, writing: the sinks of a job), each in
+its own thread, in order. Bounded queues keep memory flat for any number of frames. One
+:class:`StageClock` times every stage per frame, leaving out the first model batch, which pays
+one-off start-up costs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.structures import Instances
+
+from instseg.inference.predictor import BatchPredictor, ModelInput, filter_instances
+from instseg.inference.stages import END, StageThreads
+
+logger = logging.getLogger(__name__)
+
+# Timed per frame; "model" is each forward pass's time shared among its frames.
+STAGES = ("decode", "preprocess", "model", "render", "write")
+
+
+@dataclass
+class Frame:
+    """One image file or video frame on its way through the pipeline.
+
+    Arrays are dropped by the stage that last needs them, so queued frames stay small.
+    """
+
+    path: Path | None  # None for an array given directly
+    rel: str  # the input's path below the SOURCE root
+    index: int = 0  # frame index in a video; 0 for an image
+    time: float | None = None  # seconds from the video's start; None for an image
+    image: np.ndarray | None = None  # H x W x 3 uint8 BGR
+    error: str | None = None  # one line naming the input, once anything failed for it
+    tag: Any = None  # the job's own handle for routing outputs (e.g. its task)
+    model_input: ModelInput | None = None
+    instances: Instances | None = None  # CPU, class-filtered, by descending score
+    drawn: np.ndarray | None = None
+    record: Any = None  # what the output stages made of it (a JSON record, a line)
+    seconds: dict[str, float] = field(default_factory=dict)
+    warm_up: bool = False  # in the first model batch
+
+    def fail(self, doing: str, exc: BaseException) -> None:
+        """Mark the frame failed with one line naming it; its arrays are dropped."""
+        where = f"{self.path or self.rel}" + (
+            f" frame {self.index}" if self.time is not None else ""
+        )
+        self.error = f"{where}: {doing}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        self.image = self.model_input = self.drawn = None
+
+
+class StageClock:
+    """Busy time per stage and throughput of the frames that went through without error,
+    the first model batch's frames kept apart; constant memory, picklable (ranks gather it)."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.frames = 0
+        self.warm_seconds = dict.fromkeys(STAGES, 0.0)
+        self.warm_frames = 0
+        self.warm_done_at: float | None = None
+        self.last_done_at: float | None = None
+
+    def add(self, frame: Frame) -> None:
+        """Count a frame the last stage has finished."""
+        now = time.perf_counter()
+        if frame.warm_up:
+            self.warm_done_at = now
+        self.last_done_at = now
+        if frame.error is not None:
+            return
+        seconds = self.warm_seconds if frame.warm_up else self.seconds
+        for name in STAGES:
+            seconds[name] += frame.seconds.get(name, 0.0)
+        if frame.warm_up:
+            self.warm_frames += 1
+        else:
+            self.frames += 1
+
+    @property
+    def wall(self) -> float:
+        """Seconds from the end of the first batch to the last finished frame."""
+        if self.warm_done_at is None or self.last_done_at is None:
+            return 0.0
+        return max(0.0, self.last_done_at - self.warm_done_at)
+
+    def stage_ms(self, warm_up_fallback: bool = True) -> dict[str, float]:
+        """Milliseconds per frame of each stage; with nothing after the first batch, the first
+        batch's own figures (or none without ``warm_up_fallback``)."""
+        if self.frames:
+            return {name: 1000.0 * s / self.frames for name, s in self.seconds.items()}
+        if self.warm_frames and warm_up_fallback:
+            return {name: 1000.0 * s / self.warm_frames for name, s in self.warm_seconds.items()}
+        return {}
+
+    def throughput(self) -> float:
+        """Frames per second after the first batch (0 when nothing came after it)."""
+        return self.frames / self.wall if self.frames and self.wall > 0 else 0.0
+
+    @staticmethod
+    def combine(clocks: Sequence[StageClock]) -> tuple[dict[str, float], float]:
+        """(ms per frame of each stage, total frames per second) of processes running at once."""
+        frames = sum(c.frames for c in clocks)
+        if not frames:
+            return {}, 0.0
+        stage_ms = {name: 1000.0 * sum(c.seconds[name] for c in clocks) / frames for name in STAGES}
+        return stage_ms, sum(c.throughput() for c in clocks)
+
+
+OutputStage = tuple[str, Callable[[Frame], None]]
+
+
+class Pipeline:
+    """A loaded model and the stages around it; each :meth:`frames` or :meth:`run` call starts
+    and stops its own threads, so one pipeline serves many sources (one model load)."""
+
+    def __init__(
+        self,
+        predictor: BatchPredictor,
+        keep_classes: list[int] | None,
+        batch_size: int,
+        queue_size: int,
+        name: str = "predict",
+    ) -> None:
+        self.predictor = predictor
+        self.keep_classes = keep_classes
+        self.batch_size = batch_size
+        self.queue_size = queue_size
+        self.name = name
+
+    def frames(self, source: Iterable[Frame]) -> Iterator[Frame]:
+        """Predicted frames of ``source``, in order. A frame that could not be read or
+        predicted comes through with ``error`` set and no instances."""
+        threads = StageThreads(self.name, self.queue_size)
+        decoded = threads.queue()
+        threads.spawn("decode", lambda: self._decode(threads, decoded, source))
+        try:
+            yield from self._model(threads, decoded)
+        finally:
+            threads.close()
+
+    def run(self, source: Iterable[Frame], stages: Sequence[OutputStage], clock: StageClock):
+        """Every frame of ``source`` through the model, then through each ``(name, function)``
+        output stage in its own thread; ``clock`` counts each frame the last stage finishes.
+        The first exception a stage raises stops all of them and is raised here; a stage that
+        fails only one frame records that in ``frame.error`` itself."""
+        threads = StageThreads(self.name, self.queue_size)
+        queues = [threads.queue() for _ in stages]
+        for i, (name, function) in enumerate(stages):
+            out = queues[i + 1] if i + 1 < len(stages) else None
+            threads.spawn(name, self._output_stage(threads, name, function, queues[i], out, clock))
+
+        def feed() -> None:
+            frames = self.frames(source)
+            try:
+                for frame in frames:
+                    threads.put(queues[0], frame)
+            finally:
+                frames.close()
+            threads.put(queues[0], END)
+
+        threads.run(feed)
+
+    # -- stages
+
+    def _decode(self, threads: StageThreads, out, source: Iterable[Frame]) -> None:
+        frames = iter(source)
+        try:
+            while True:
+                threads.check()
+                start = time.perf_counter()
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                decoded = time.perf_counter()
+                frame.seconds["decode"] = decoded - start
+                if frame.error is None:
+                    try:
+                        frame.model_input = self.predictor.preprocess(frame.image)
+                    except Exception as e:  # a valid file the resize rejects (an extreme shape)
+                        frame.fail("cannot prepare image", e)
+                    frame.seconds["preprocess"] = time.perf_counter() - decoded
+                threads.put(out, frame)
+        finally:
+            close = getattr(frames, "close", None)  # releases a video decoder stopped early
+            if close is not None:
+                close()
+        threads.put(out, END)
+
+    def _model(self, threads: StageThreads, decoded) -> Iterator[Frame]:
+        batch: list[Frame] = []
+        first = True
+        while True:
+            frame = threads.get(decoded)
+            if frame is not END:
+                batch.append(frame)
+            ready = [f for f in batch if f.error is None]
+            if batch and (frame is END or len(ready) >= self.batch_size):
+                self._predict(ready)
+                for f in batch:
+                    f.warm_up = first
+                    yield f
+                batch, first = [], False
+            if frame is END:
+                return
+
+    def _predict(self, frames: list[Frame]) -> None:
+        if not frames:
+            return
+        start = time.perf_counter()
+        try:
+            outputs = self.predictor.predict([f.model_input for f in frames])
+        except Exception as e:
+            if len(frames) == 1:
+                frames[0].fail("model failed", e)
+                outputs = [None]
+            else:
+                logger.debug("Batch failed; retrying its frames one by one", exc_info=True)
+                outputs = [self._predict_one(f) for f in frames]
+        share = (time.perf_counter() - start) / len(frames)
+        for frame, instances in zip(frames, outputs, strict=True):
+            frame.model_input = None
+            frame.seconds["model"] = share
+            if instances is None:
+                continue
+            instances = filter_instances(instances, self.keep_classes)
+            if len(instances) > 1:
+                instances = instances[torch.argsort(instances.scores, descending=True, stable=True)]
+            frame.instances = instances
+
+    def _predict_one(self, frame: Frame) -> Instances | None:
+        try:
+            return self.predictor.predict([frame.model_input])[0]
+        except Exception as e:
+            frame.fail("model failed", e)
+            return None
+
+    @staticmethod
+    def _output_stage(threads, name, function, inq, out, clock: StageClock):
+        def run() -> None:
+            while True:
+                frame = threads.get(inq)
+                if frame is END:
+                    break
+                start = time.perf_counter()
+                function(frame)
+                frame.seconds[name] = frame.seconds.get(name, 0.0) + time.perf_counter() - start
+                if out is not None:
+                    threads.put(out, frame)
+                else:
+                    clock.add(frame)
+            if out is not None:
+                threads.put(out, END)
+
+        return run

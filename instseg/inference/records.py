@@ -1,0 +1,28 @@
+"""The one record format of predictions, for image files and video frames alike: Detectron2's
+``instances_to_coco_json`` (COCO results: ``image_id``, ``category_id``, ``bbox`` as float XYWH,
+``score``, ``segmentation`` as RLE with ``counts`` a str), with the output's category ids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.structures import Instances
+
+
+def coco_results(
+    instances: Instances, image_id: int, category_ids: Sequence[int] | None = None
+) -> list[dict]:
+    """COCO results of CPU instances. ``category_ids[c]`` is the output id of contiguous class
+    ``c``; without it, ids are the contiguous ids + 1 (COCO ids start at 1)."""
+    results = instances_to_coco_json(instances, image_id)
+    for result in results:
+        c = result["category_id"]
+        result["category_id"] = category_ids[c] if category_ids is not None else c + 1
+    return results
+
+
+def frame_record(index: int, time: float, results: list[dict]) -> dict:
+    """One line of a video's ``.predictions.jsonl``: the frame's source index, its time in
+    seconds and its COCO results (``image_id`` is the frame index)."""
+    return {"frame": index, "time": round(time, 6), "results": results}

@@ -1,0 +1,277 @@
+"""``instseg predict`` on the command line: its options, their config overrides, and the command.
+
+Every config-backed flag becomes a ``KEY VALUE`` override placed after the user's own pairs, so
+flags win; options may also follow SOURCE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class _OverridesAndLateOptions(argparse.Action):
+    """``KEY VALUE`` overrides after SOURCE.
+
+    argparse gives everything after the first positional to a REMAINDER argument, options
+    included; those options are parsed here as if given before SOURCE.
+    """
+
+    def __init__(self, *args, options_parser: argparse.ArgumentParser, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.options_parser = options_parser
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        existing = getattr(namespace, "existing", None)
+        _, overrides = self.options_parser.parse_known_args(list(values), namespace)
+        if existing and namespace.existing != existing:
+            parser.error("--overwrite and --skip-existing exclude each other")
+        unknown = [v for v in overrides if v.startswith("--")]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        setattr(namespace, self.dest, overrides)
+
+
+def _add_predict_options(parser: argparse.ArgumentParser) -> None:
+    """Options of ``instseg predict``; each config-backed one overrides its key."""
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="project YAML (required), e.g. RUN/config.yaml; repeat to merge several (later wins)",
+    )
+    parser.add_argument("--weights", metavar="FILE", help="checkpoint (required)")
+    parser.add_argument("--output", metavar="DIR", help="output folder (required)")
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        metavar="S",
+        help="keep instances scoring at least S (MODEL.ROI_HEADS.SCORE_THRESH_TEST)",
+    )
+    parser.add_argument(
+        "--classes",
+        metavar="A,B",
+        help="keep only these class names (INSTSEG.PREDICT.CLASSES)",
+    )
+    parser.add_argument(
+        "--max-detections",
+        type=int,
+        metavar="N",
+        help="at most N instances per image (TEST.DETECTIONS_PER_IMAGE)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="images per forward pass (INSTSEG.PREDICT.BATCH_SIZE)",
+    )
+    parser.add_argument(
+        "--no-render",
+        action="store_true",
+        default=None,
+        help="no annotated images (INSTSEG.PREDICT.RENDER)",
+    )
+    parser.add_argument(
+        "--save-masks",
+        action="store_true",
+        default=None,
+        help="write <name>.masks.png instance-id images (INSTSEG.PREDICT.SAVE_MASKS)",
+    )
+    parser.add_argument(
+        "--renderer",
+        choices=("auto", "visualizer", "fast"),
+        help="drawing: Detectron2's Visualizer, or the fast OpenCV one (INSTSEG.PREDICT.RENDERER)",
+    )
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--overwrite",
+        action="store_const",
+        dest="existing",
+        const="overwrite",
+        help="predict everything again into a non-empty output folder",
+    )
+    existing.add_argument(
+        "--skip-existing",
+        action="store_const",
+        dest="existing",
+        const="skip",
+        help="predict only inputs an earlier (interrupted) run did not finish",
+    )
+    parser.add_argument(
+        "--coco-json",
+        metavar="FILE",
+        help="COCO dataset the images belong to: use its image and category ids, so "
+        "predictions.json evaluates against it",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes per machine (one per GPU with CUDA)",
+    )
+    parser.add_argument("--num-machines", type=int, default=None, metavar="N")
+    parser.add_argument("--machine-rank", type=int, default=None, metavar="R")
+    parser.add_argument("--dist-url", default=None, help="tcp://HOST:PORT of machine 0")
+    parser.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
+    add_video_arguments(parser)
+
+
+def add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``instseg predict`` for video inputs; :func:`video_overrides` turns them into
+    config overrides. Options left out keep the config's values."""
+    group = parser.add_argument_group("video inputs")
+    group.add_argument(
+        "--frame-stride", type=int, metavar="N", help="process every N-th frame (default 1)"
+    )
+    group.add_argument("--start", type=float, metavar="SEC", help="first second to process")
+    group.add_argument("--end", type=float, metavar="SEC", help="stop before this second")
+    group.add_argument(
+        "--max-frames", type=int, metavar="N", help="stop after N processed frames per video"
+    )
+    group.add_argument(
+        "--codec",
+        choices=("auto", "h264", "mp4v"),
+        help="output video codec: h264 (PyAV), mp4v (OpenCV) or auto (h264 when available)",
+    )
+
+
+_VIDEO_FLAG_KEYS = (
+    ("frame_stride", "INSTSEG.VIDEO.FRAME_STRIDE"),
+    ("start", "INSTSEG.VIDEO.START"),
+    ("end", "INSTSEG.VIDEO.END"),
+    ("max_frames", "INSTSEG.VIDEO.MAX_FRAMES"),
+    ("codec", "INSTSEG.VIDEO.CODEC"),
+)
+
+
+def _flag_overrides(args: argparse.Namespace, flag_keys) -> list[str]:
+    opts: list[str] = []
+    for dest, key in flag_keys:
+        value = getattr(args, dest, None)
+        if value is not None:
+            opts += [key, str(value)]
+    return opts
+
+
+def video_overrides(args: argparse.Namespace) -> list[str]:
+    """``KEY VALUE`` overrides for :func:`instseg.config.build_cfg` from the video options."""
+    return _flag_overrides(args, _VIDEO_FLAG_KEYS)
+
+
+# Command-line flags of `instseg predict` and the config keys they set.
+_PREDICT_FLAG_KEYS = (
+    ("score_threshold", "MODEL.ROI_HEADS.SCORE_THRESH_TEST"),
+    ("max_detections", "TEST.DETECTIONS_PER_IMAGE"),
+    ("batch_size", "INSTSEG.PREDICT.BATCH_SIZE"),
+    ("renderer", "INSTSEG.PREDICT.RENDERER"),
+)
+
+
+def build_predict_options(args: argparse.Namespace):
+    """The parsed ``instseg predict`` command line as :class:`instseg.predict.PredictOptions`:
+    flags become config overrides placed after the ``KEY VALUE`` pairs, so flags win."""
+    from instseg.config import ConfigError
+    from instseg.inference.predict import PredictOptions
+
+    for flag in ("config", "weights", "output"):
+        if not getattr(args, flag):
+            raise ConfigError(f"predict: --{flag} is required")
+    opts = list(args.opts or [])
+    opts += _flag_overrides(args, _PREDICT_FLAG_KEYS) + video_overrides(args)
+    if args.classes is not None:
+        names = [name.strip() for name in args.classes.split(",") if name.strip()]
+        opts += ["INSTSEG.PREDICT.CLASSES", repr(names)]
+    if args.no_render:
+        opts += ["INSTSEG.PREDICT.RENDER", "False"]
+    if args.save_masks:
+        opts += ["INSTSEG.PREDICT.SAVE_MASKS", "True"]
+    return PredictOptions(
+        output_dir=args.output,
+        config_files=list(args.config),
+        weights=args.weights,
+        opts=opts,
+        existing=args.existing or "refuse",
+        coco_json=args.coco_json,
+        num_workers=args.num_workers or 1,
+        num_machines=args.num_machines or 1,
+        machine_rank=args.machine_rank or 0,
+        dist_url=args.dist_url or "auto",
+        progress=not args.no_progress,
+    )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from instseg.inference.predict import load_predict_cfg, predict_images
+    from instseg.inference.sources import resolve_source
+
+    options = build_predict_options(args)
+    source = resolve_source(args.source, exclude=options.output_dir)
+    cfg = load_predict_cfg(options)
+    if source.kind == "videos":
+        # Same output-folder rules, lock and config.yaml as for images.
+        from instseg.inference.output_dir import check_output_dir
+        from instseg.inference.videos import predict_videos
+
+        if options.machine_rank == 0:
+            check_output_dir(options.output_dir, options.existing)
+        results = predict_videos(
+            cfg,
+            [f.path for f in source.files],
+            options.output_dir,
+            overwrite=options.overwrite,
+            rels=[f.rel for f in source.files],
+            progress=options.progress,
+            num_workers=options.num_workers,
+            num_machines=options.num_machines,
+            machine_rank=options.machine_rank,
+            dist_url=options.dist_url,
+        )
+        if results is None:
+            print(f"machine {options.machine_rank}: done; machine 0 reports the results")
+            return 0
+        failed = [r for r in results if not r.ok]
+        skipped = sum(r.skipped for r in results)
+        ok = len(results) - len(failed) - skipped
+        print(f"{len(results)} video(s): {ok} ok, {skipped} skipped, {len(failed)} failed")
+        return 1 if failed else 0
+    try:
+        result = predict_images(cfg, source, options)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished inputs are kept in {options.output_dir}; run the same "
+            "command with --skip-existing to predict the rest",
+            file=sys.stderr,
+        )
+        return 130
+    if result is None:
+        print(f"machine {options.machine_rank}: done; machine 0 writes the results")
+        return 0
+    print(result.timing_line())
+    print(result.summary_line())
+    return result.exit_status
+
+
+def add_predict_command(commands) -> None:
+    """The ``instseg predict`` sub-command, on ``commands`` (argparse sub-parsers)."""
+    predict = commands.add_parser(
+        "predict",
+        help="predict image files, a folder, a glob or a list of paths (or videos)",
+        description="Predict every image of SOURCE (an image, a folder searched recursively, a "
+        "glob, a .txt list of paths, or videos) and write annotated images, predictions.json "
+        "(COCO results), images.json and manifest.csv under --output.",
+    )
+    predict.add_argument("source", metavar="SOURCE", help="image, folder, glob, .txt list or video")
+    _add_predict_options(predict)
+    late_options = argparse.ArgumentParser(prog="instseg predict", add_help=False)
+    _add_predict_options(late_options)
+    predict.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        action=_OverridesAndLateOptions,
+        options_parser=late_options,
+        metavar="KEY VALUE",
+        help="config overrides",
+    )
+    predict.set_defaults(func=cmd_predict, existing=None)
