@@ -83,6 +83,10 @@ def add_instseg_config(cfg: CfgNode) -> None:
     # "visualizer" (Detectron2's Visualizer / VideoVisualizer), "fast" (OpenCV drawing of the
     # same masks, boxes, labels and colours) or "auto" (fast for videos, visualizer for images).
     _C.INSTSEG.PREDICT.RENDERER = "auto"
+    # Annotated images and videos show instances scoring at least this; the results files
+    # (predictions.json, JSONL) keep every instance above MODEL.ROI_HEADS.SCORE_THRESH_TEST, so
+    # they can be evaluated.
+    _C.INSTSEG.PREDICT.DRAW_SCORE = 0.5
     # Write one PNG per image whose pixel values are instance ids (0 = background).
     _C.INSTSEG.PREDICT.SAVE_MASKS = False
     # Bounded queue length between pipeline stages; memory stays flat for any input size.
@@ -137,10 +141,15 @@ def build_cfg(
             zoo_file = model_zoo.get_config_file(zoo_config)
         except RuntimeError as e:
             raise ConfigError(f"INSTSEG.MODEL_ZOO_CONFIG: {e}") from None
-        _merge(cfg, f"model zoo {zoo_config}", lambda: cfg.merge_from_file(zoo_file))
+        _merge(
+            cfg,
+            f"model zoo {zoo_config}",
+            lambda: cfg.merge_from_file(zoo_file, allow_unsafe=False),
+        )
         cfg.INSTSEG.MODEL_ZOO_CONFIG = zoo_config
     for path in paths:
-        _merge(cfg, str(path), lambda path=path: cfg.merge_from_file(str(path), allow_unsafe=False))
+        data = CfgNode(load_config_yaml(path))
+        _merge(cfg, str(path), lambda data=data: cfg.merge_from_other_cfg(data))
     _merge(cfg, "command line", lambda: cfg.merge_from_list(list(opts)))
     _apply_dataset_names(cfg)
     if freeze:
@@ -160,18 +169,66 @@ def _zoo_config_name(paths: Iterable[Path], opts: Sequence[str]) -> str:
     return name
 
 
-def load_config_yaml(path: str | os.PathLike) -> dict:
-    """A config YAML (with its ``_BASE_`` chain) as plain data: YAML's safe loader only, so a
-    file from anyone never runs code; a Python tag is one error naming the file and line.
+def load_config_yaml(path: str | os.PathLike, _including: tuple[Path, ...] = ()) -> dict:
+    """A config YAML with its ``_BASE_`` chain merged in, as plain data.
+
+    YAML's safe loader only, so a file from anyone never runs code. ``_BASE_`` names a file
+    relative to the including one, or a shipped config by name (as ``--config`` takes it).
 
     Raises:
-        ConfigError: ``FILE:LINE:COLUMN: problem``.
+        ConfigError: one line, ``FILE[:LINE:COLUMN]: problem``.
     """
+    path = Path(path)
+    if path.suffix == ".py":
+        raise ConfigError(f"{path}: Python (LazyConfig) files are not supported; configs are YAML")
+    if path.resolve() in _including:
+        raise ConfigError(f"{path}: _BASE_ chain includes this file again")
     try:
-        loaded = CfgNode.load_yaml_with_base(str(path), allow_unsafe=False)
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise _yaml_error(e, path) from None
-    return loaded or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config: {' '.join(str(e).split())}") from None
+    if data is None:
+        raise ConfigError(f"{path}: config file is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: a config is a mapping of KEY: value, not a {type(data).__name__}"
+        )
+    base = data.pop("_BASE_", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: _BASE_ must be one file name, got {base!r}")
+    merged = load_config_yaml(_resolve_base(base, path), (*_including, path.resolve()))
+    _merge_dicts(data, merged)
+    return merged
+
+
+def _resolve_base(base: str, including: Path) -> Path:
+    relative = including.parent / Path(base).expanduser()
+    if relative.is_file():
+        return relative
+    for name in (Path(base), Path(f"{base}.yaml")):
+        shipped = PROJECT_CONFIG_DIR / name
+        if shipped.is_file():
+            return shipped
+    raise ConfigError(
+        f"{including}: _BASE_ {base}: not found (as a path relative to {including.parent}, or as "
+        "a shipped config's name)"
+    )
+
+
+def _merge_dicts(source: dict, into: dict) -> None:
+    """``source`` over ``into``, recursively: a later file's keys win, sibling keys survive."""
+    for key, value in source.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge_dicts(value, into[key])
+        else:
+            into[key] = value
 
 
 def _yaml_error(exc: yaml.YAMLError, path: str | os.PathLike) -> ConfigError:
@@ -183,18 +240,30 @@ def _yaml_error(exc: yaml.YAMLError, path: str | os.PathLike) -> ConfigError:
     return ConfigError(f"{where}: {' '.join(problem.split())}")
 
 
+_TUPLE_GIVEN_STR = re.compile(
+    r"Type mismatch \(<class 'tuple'> vs\. <class 'str'>\) with values \((?:.*?) vs\. (.*)\) "
+    r"for config key: (\S+)"
+)
+
+
 def _merge(cfg: CfgNode, source: str, merge) -> None:
     try:
         merge()
     except yaml.YAMLError as e:
         raise _yaml_error(e, source) from None
-    except (KeyError, AssertionError, ValueError) as e:
-        message = str(e.args[0]) if e.args else str(e)
+    except (KeyError, AssertionError, ValueError, TypeError) as e:
+        message = " ".join((str(e.args[0]) if e.args else str(e)).split())
         unknown = _UNKNOWN_KEY.search(message)
         if unknown:
             key = unknown.group(1)
             raise ConfigError(
                 f"{source}: unknown config key {key}{_suggestion(cfg, key)}"
+            ) from None
+        as_str = _TUPLE_GIVEN_STR.search(message)
+        if as_str:
+            value, key = as_str.groups()
+            raise ConfigError(
+                f'{source}: {key} is a tuple of names: write ("{value}",), not {value}'
             ) from None
         raise ConfigError(f"{source}: {message}") from None
 

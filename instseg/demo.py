@@ -15,7 +15,8 @@ from pathlib import Path
 import cv2
 
 from instseg.config import ConfigError, resolve_config_path
-from instseg.data.sample_data import iter_sample_video_frames, write_sample_dataset
+from instseg.data.sample_data import write_sample_dataset
+from instseg.data.sample_video import iter_sample_video_frames
 from instseg.data.stats import load_dataset_stats
 from instseg.data.validate import has_errors, validate_coco_dataset
 from instseg.engine.evaluate import (

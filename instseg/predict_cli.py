@@ -7,6 +7,8 @@ flags win; options may also follow SOURCE.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 
 
@@ -29,7 +31,32 @@ class _OverridesAndLateOptions(argparse.Action):
         unknown = [v for v in overrides if v.startswith("--")]
         if unknown:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        sources, overrides = split_sources(overrides)
+        namespace.sources = [namespace.source, *sources]
         setattr(namespace, self.dest, overrides)
+
+
+# A config key as an override names it: upper-case words joined by dots (MODEL.DEVICE).
+_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
+
+
+def split_sources(values: list[str]) -> tuple[list[str], list[str]]:
+    """(more SOURCEs, KEY VALUE overrides): everything before the first config key is a SOURCE.
+
+    Raises:
+        ConfigError: an argument that is both an existing file and shaped like a config key.
+    """
+    from instseg.config import ConfigError
+
+    for i, value in enumerate(values):
+        if _KEY.fullmatch(value):
+            if os.path.exists(value):
+                raise ConfigError(
+                    f"{value}: both a file and a config key; write ./{value} for the file, or "
+                    "put the file before the first KEY VALUE pair"
+                )
+            return values[:i], values[i:]
+    return values, []
 
 
 def _add_predict_options(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +80,13 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
         "--classes",
         metavar="A,B",
         help="keep only these class names (INSTSEG.PREDICT.CLASSES)",
+    )
+    parser.add_argument(
+        "--draw-score",
+        type=float,
+        metavar="S",
+        help="annotated images/videos show instances scoring at least S (default 0.5; "
+        "INSTSEG.PREDICT.DRAW_SCORE); the results files keep all above --score-threshold",
     )
     parser.add_argument(
         "--max-detections",
@@ -166,6 +200,7 @@ _PREDICT_FLAG_KEYS = (
     ("max_detections", "TEST.DETECTIONS_PER_IMAGE"),
     ("batch_size", "INSTSEG.PREDICT.BATCH_SIZE"),
     ("renderer", "INSTSEG.PREDICT.RENDERER"),
+    ("draw_score", "INSTSEG.PREDICT.DRAW_SCORE"),
 )
 
 
@@ -204,10 +239,11 @@ def build_predict_options(args: argparse.Namespace):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from instseg.inference.predict import load_predict_cfg, predict_images
-    from instseg.inference.sources import resolve_source
+    from instseg.inference.sources import resolve_sources
 
     options = build_predict_options(args)
-    source = resolve_source(args.source, exclude=options.output_dir)
+    specs = getattr(args, "sources", None) or [args.source]
+    source = resolve_sources(specs, exclude=options.output_dir)
     cfg = load_predict_cfg(options)
     if source.kind == "videos":
         # Same output-folder rules, lock and config.yaml as for images.
@@ -262,7 +298,11 @@ def add_predict_command(commands) -> None:
         "glob, a .txt list of paths, or videos) and write annotated images, predictions.json "
         "(COCO results), images.json and manifest.csv under --output.",
     )
-    predict.add_argument("source", metavar="SOURCE", help="image, folder, glob, .txt list or video")
+    predict.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="image, folder, glob, .txt list or video; several may follow (before KEY VALUE)",
+    )
     _add_predict_options(predict)
     late_options = argparse.ArgumentParser(prog="instseg predict", add_help=False)
     _add_predict_options(late_options)

@@ -36,8 +36,8 @@ from detectron2.utils.visualizer import ColorMode
 
 from instseg.config import PROJECT_CONFIG_DIR, build_cfg
 from instseg.data.catalog import build_metadata
-from instseg.data.sample_data import iter_sample_video_frames
 from instseg.data.sample_shapes import CLASS_NAMES
+from instseg.data.sample_video import iter_sample_video_frames
 from instseg.inference import video as video_module
 from instseg.inference.predictor import BatchPredictor, load_model_config
 from instseg.inference.video import predict_video

@@ -101,3 +101,25 @@ def trained_run(tmp_path_factory, dataset_opts, tiny_opts):
     )
     train(request)
     return run_dir
+
+
+def kill_at_random_moments(command: list[str], env: dict, duration: float, seed: int) -> int:
+    """Start ``command`` 10 times, each killed with SIGKILL at a random moment between a fifth
+    of ``duration`` and all of it (if still running); returns how many were killed."""
+    import signal
+    import subprocess
+
+    import numpy as np
+
+    kills = 0
+    for moment in np.random.default_rng(seed).uniform(0.2, 1.0, size=10) * duration:
+        proc = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        )
+        try:
+            proc.wait(timeout=moment)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    return kills

@@ -1,5 +1,6 @@
 """Config merging: order of sources, errors that name their source, frozen results, round trips."""
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -278,3 +279,70 @@ def test_a_python_tag_in_the_run_config_beside_the_weights_never_runs(tmp_path):
     with pytest.raises(ConfigError, match=f"^{run_config}:2:.*Python tags"):
         load_model_config([], str(weights), ["MODEL.DEVICE", "cpu"])
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "config file is empty"),
+        ("# nothing but a comment\n", "config file is empty"),
+        ("- SOLVER\n- MODEL\n", "a config is a mapping of KEY: value, not a list"),
+        ("SOLVER:\n  BASE_LR: [0.1\n", r":3:1: expected ',' or ']', but got '<stream end>'"),
+        ("SOLVER: {BASE_LR: 0.1\n", ":2:1: expected ',' or '}', but got '<stream end>'"),
+        ("_BASE_: missing.yaml\n", "_BASE_ missing.yaml: not found"),
+        ("_BASE_: [a.yaml, b.yaml]\n", "_BASE_ must be one file name"),
+        ('DATASETS:\n  TRAIN: "mine"\n', 'DATASETS.TRAIN is a tuple of names: write \\("mine",\\)'),
+    ],
+    ids=["empty", "comment-only", "list", "syntax", "flow", "no-base", "two-bases", "train-str"],
+)
+def test_bad_config_files_are_one_line_naming_the_file(tmp_path, text, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        build_cfg([str(config)])
+    line = str(info.value)
+    assert "\n" not in line and line.startswith(str(config))
+    assert re.search(message, line), line
+
+
+def test_a_python_config_is_refused(tmp_path):
+    config = tmp_path / "lazy.py"
+    config.write_text("import os\nos.system('touch marker')\n")
+    with pytest.raises(
+        ConfigError, match=r"lazy.py: Python \(LazyConfig\) files are not supported"
+    ):
+        build_cfg([str(config)])
+
+
+def test_base_accepts_a_shipped_config_name(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("_BASE_: demo_R18_FPN_cpu.yaml\nSOLVER:\n  BASE_LR: 0.0123\n")
+    cfg = build_cfg([str(config)])
+    shipped = build_cfg(["demo_R18_FPN_cpu"])
+    assert cfg.SOLVER.BASE_LR == 0.0123
+    assert cfg.MODEL.RESNETS.DEPTH == shipped.MODEL.RESNETS.DEPTH
+    assert cfg.SOLVER.MAX_ITER == shipped.SOLVER.MAX_ITER
+
+
+def test_a_base_chain_that_includes_itself(tmp_path):
+    (tmp_path / "a.yaml").write_text("_BASE_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_BASE_: a.yaml\n")
+    with pytest.raises(ConfigError, match="_BASE_ chain includes this file again"):
+        build_cfg([str(tmp_path / "a.yaml")])
+
+
+def test_the_cli_prints_one_line_and_exits_2_for_a_bad_config(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("- not a mapping\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "instseg.cli", "config", "show", "--config", str(config)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {config}: a config is a mapping of KEY: value, not a list"
+    ]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from instseg import Predictor, Result
-from instseg.data.sample_data import iter_sample_video_frames
+from instseg.data.sample_video import iter_sample_video_frames
 from instseg.inference.predictor import BatchPredictor, load_model_config
 from instseg.io.clips import write_test_clip
 from instseg.io.images import read_image
@@ -35,6 +35,7 @@ def test_images_and_frames_equal_the_batched_predictor(trained_run, inputs):
     before = sorted(p.name for p in folder.iterdir())
     predictor = Predictor(
         files[0], files[1], device="cpu", batch_size=2, draw=True, score_threshold=0.0,
+        draw_score=0.0,
         max_detections=4,
     )  # fmt: skip
     results = list(predictor.predict([str(folder), str(clip)]))
@@ -83,3 +84,16 @@ def test_readme_example_runs(trained_run, inputs, tmp_path, monkeypatch, capsys)
     exec(compile(block, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in printed] == ["00000.jpg", "00001.jpg", "broken.jpg"]
+
+
+def test_pictures_show_only_instances_above_the_draw_score(trained_run, inputs):
+    """The results keep every instance above the test threshold; the picture only those
+    scoring at least DRAW_SCORE (nothing, above 1)."""
+    image = read_image(inputs[0] / "00000.jpg")
+    run = trained_run / "config.yaml", trained_run / "model_final.pth"
+    kwargs = {"device": "cpu", "draw": True, "score_threshold": 0.0, "renderer": "fast"}
+    [everything] = Predictor(*run, draw_score=0.0, **kwargs).predict(image)
+    [nothing] = Predictor(*run, draw_score=1.01, **kwargs).predict(image)
+    assert len(nothing.instances) == len(everything.instances) > 0
+    assert np.array_equal(nothing.drawn, image)
+    assert not np.array_equal(everything.drawn, image)

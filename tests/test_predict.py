@@ -10,7 +10,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from conftest import kill_at_random_moments
 from detectron2.engine import DefaultPredictor
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -507,6 +507,14 @@ def _interrupt_third_write(monkeypatch):
     monkeypatch.setattr(ImageSink, "_write_outputs", dies_on_third)
 
 
+def _interrupted_overwrite(monkeypatch, run_dir, images, output, opts):
+    """An --overwrite run into ``output`` interrupted (Ctrl-C) at its third image's outputs."""
+    _interrupt_third_write(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(run_dir, images, output, opts, existing="overwrite")
+    monkeypatch.undo()
+
+
 def test_interrupted_overwrite_then_skip_never_mixes_configs(
     tmp_path, _local_random_init_run, sample_dataset, monkeypatch
 ):
@@ -518,10 +526,7 @@ def test_interrupted_overwrite_then_skip_never_mixes_configs(
         return ["TEST.DETECTIONS_PER_IMAGE", str(n)]
 
     _run(_local_random_init_run, images, output, detections(3))
-    _interrupt_third_write(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        _run(_local_random_init_run, images, output, detections(1), existing="overwrite")
-    monkeypatch.undo()
+    _interrupted_overwrite(monkeypatch, _local_random_init_run, images, output, detections(1))
 
     # A third config: nothing earlier is reused.
     result = _run(_local_random_init_run, images, output, detections(2), existing="skip")
@@ -531,10 +536,7 @@ def test_interrupted_overwrite_then_skip_never_mixes_configs(
     assert "DETECTIONS_PER_IMAGE: 2" in (output / "config.yaml").read_text()
 
     # The interrupted run's config again: its two finished inputs are reused, the rest redone.
-    _interrupt_third_write(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        _run(_local_random_init_run, images, output, detections(1), existing="overwrite")
-    monkeypatch.undo()
+    _interrupted_overwrite(monkeypatch, _local_random_init_run, images, output, detections(1))
     result = _run(_local_random_init_run, images, output, detections(1), existing="skip")
     assert (result.ok, result.skipped) == (2, 2)
     assert {int(r["instances"]) for r in _manifest(output)} == {1}
@@ -619,18 +621,7 @@ def test_sigkill_at_random_moments_then_skip_existing_ends_like_one_run(
     duration = time.monotonic() - start
 
     output = tmp_path / "out"
-    rng = np.random.default_rng(0)
-    kills = 0
-    for moment in rng.uniform(0.2, 1.0, size=10) * duration:
-        proc = subprocess.Popen(
-            command(output), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-        )
-        try:
-            proc.wait(timeout=moment)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    kills = kill_at_random_moments(command(output), env, duration, seed=0)
     assert kills >= 3  # most runs were cut short
     done = subprocess.run(command(output), capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -704,3 +695,23 @@ def test_two_machines_share_one_output_folder(
     )
     assert _load(output, "images.json") == _load(reference_output, "images.json")
     assert not (output / PARTS_DIR_NAME).exists()
+
+
+def test_several_sources_on_the_command_line(tmp_path, _local_random_init_run, sample_dataset):
+    """`instseg predict a.jpg sub/b.jpg KEY VALUE`, as a shell expands `*.jpg`."""
+    folder = _copy_tree(sample_dataset, tmp_path / "in", LAYOUT[:2])
+    instseg = Path(sys.executable).with_name("instseg")
+    command = [
+        str(instseg), "predict", str(folder / "00000.jpg"), str(folder / "sub" / "00001.jpg"),
+        "--config", str(_local_random_init_run / "config.yaml"),
+        "--weights", str(_local_random_init_run / "model_final.pth"),
+        "--output", str(tmp_path / "out"), "--no-progress", "--draw-score", "0.3",
+        *PREDICT_OPTS,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 input(s): 2 ok" in done.stdout
+    rows = [row["path"] for row in _manifest(tmp_path / "out")]
+    assert rows == ["00000.jpg", "sub/00001.jpg"]
+    assert (tmp_path / "out" / "sub" / "00001.jpg").is_file()
+    assert "DRAW_SCORE: 0.3" in (tmp_path / "out" / "config.yaml").read_text()

@@ -12,7 +12,6 @@ from pycocotools.coco import COCO
 from instseg.data.sample_data import (
     SampleDataset,
     draw_scene,
-    iter_sample_video_frames,
     make_background,
     mask_to_polygons,
     render_sample_image,
@@ -25,6 +24,7 @@ from instseg.data.sample_shapes import (
     MIN_VISIBLE_AREA,
     SceneObject,
 )
+from instseg.data.sample_video import iter_sample_video_frames
 
 NUM_TRAIN = 10
 NUM_VAL = 4

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from instseg.inference.sources import SourceError, resolve_source
+from instseg.inference.sources import SourceError, resolve_source, resolve_sources
 from instseg.io.images import ImageReadError, read_image
 
 
@@ -126,3 +126,39 @@ def test_read_image_bad_files(tmp_path, name, make, reason):
         read_image(path)
     message = str(info.value)
     assert message.startswith(str(path)) and "\n" not in message
+
+
+def test_several_sources_become_one(tmp_path):
+    for rel in ("a/x.jpg", "b/x.jpg", "b/y.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    source = resolve_sources([str(tmp_path / "b"), str(tmp_path / "a" / "x.jpg")])
+    assert source.kind == "images" and source.root == tmp_path
+    assert [f.rel for f in source.files] == ["b/x.jpg", "b/y.png", "a/x.jpg"]
+    again = resolve_sources([str(tmp_path / "a" / "x.jpg"), str(tmp_path / "a" / "x.jpg")])
+    assert [f.rel for f in again.files] == ["x.jpg"]
+
+
+def test_images_and_videos_do_not_mix(tmp_path):
+    (tmp_path / "x.jpg").write_bytes(b"")
+    (tmp_path / "v.mp4").write_bytes(b"")
+    with pytest.raises(SourceError, match="images and videos mixed"):
+        resolve_sources([str(tmp_path / "x.jpg"), str(tmp_path / "v.mp4")])
+
+
+def test_arguments_before_the_first_key_are_sources(tmp_path, monkeypatch):
+    from instseg.config import ConfigError
+    from instseg.predict_cli import split_sources
+
+    assert split_sources(["b.jpg", "c/*.jpg", "MODEL.DEVICE", "cpu"]) == (
+        ["b.jpg", "c/*.jpg"],
+        ["MODEL.DEVICE", "cpu"],
+    )
+    assert split_sources(["MODEL.DEVICE", "a.jpg"]) == ([], ["MODEL.DEVICE", "a.jpg"])
+    assert split_sources(["b.jpg"]) == (["b.jpg"], [])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "SOLVER.BASE_LR").write_text("")
+    with pytest.raises(
+        ConfigError, match=r"SOLVER.BASE_LR: both a file and a config key; write \./"
+    ):
+        split_sources(["SOLVER.BASE_LR", "0.1"])

@@ -12,10 +12,11 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from conftest import kill_at_random_moments
 from detectron2.engine import DefaultPredictor
 
 from instseg.config import ConfigError
-from instseg.data.sample_data import iter_sample_video_frames
+from instseg.data.sample_video import iter_sample_video_frames
 from instseg.inference.predictor import BatchPredictor, load_model_config
 from instseg.inference.sources import is_video_path
 from instseg.inference.video import VideoResult, predict_video
@@ -443,7 +444,6 @@ def test_sigkill_at_random_moments_then_skip_existing_ends_like_one_run(model_fi
     """A video job killed at 10 random moments, re-run with --skip-existing after each kill,
     ends with the outputs of one uninterrupted run and no temporary file."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -467,17 +467,7 @@ def test_sigkill_at_random_moments_then_skip_existing_ends_like_one_run(model_fi
     duration = time.monotonic() - start
 
     output = tmp_path / "out"
-    kills = 0
-    for moment in np.random.default_rng(1).uniform(0.3, 1.0, size=10) * duration:
-        proc = subprocess.Popen(
-            command(output), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-        )
-        try:
-            proc.wait(timeout=moment)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    kills = kill_at_random_moments(command(output), env, duration, seed=1)
     assert kills >= 3
     done = subprocess.run(command(output), capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -492,3 +482,23 @@ def test_sigkill_at_random_moments_then_skip_existing_ends_like_one_run(model_fi
         p.name for p in output.rglob("*") if ".instseg-tmp-" in p.name or "commit" in p.name
     ]
     assert leftovers == []
+
+
+def test_several_videos_on_the_command_line(model_files, tmp_path):
+    """`instseg predict v1.mp4 v2.mp4 MODEL.DEVICE cpu`, as a shell expands `*.mp4`."""
+    import subprocess
+    import sys
+
+    clips = [make_clip(tmp_path / f"v{i}.mp4", n=2) for i in (1, 2)]
+    config, weights = model_files
+    instseg = Path(sys.executable).with_name("instseg")
+    command = [
+        str(instseg), "predict", *map(str, clips), "--output", str(tmp_path / "out"),
+        "--config", config[0], "--weights", weights, "--no-progress", "MODEL.DEVICE", "cpu",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "2 video(s): 2 ok, 0 skipped, 0 failed" in done.stdout
+    for name in ("v1", "v2"):
+        assert len(read_jsonl(tmp_path / "out" / f"{name}.predictions.jsonl")) == 2
+    assert "DEVICE: cpu" in (tmp_path / "out" / "config.yaml").read_text()

@@ -19,6 +19,7 @@ from instseg.data.annotation_checks import (
     _is_number,
 )
 from instseg.data.validate import REQUIRED_TOP_LEVEL_KEYS
+from instseg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +72,23 @@ def load_dataset_stats(json_path: str | os.PathLike) -> DatasetStats:
     """Count images, instances per class and object sizes of a COCO dataset.
 
     Meant for datasets that pass validation; entries it cannot interpret are skipped.
-    Raises OSError or ValueError when the file is not a COCO dataset at all.
+    Raises ConfigError (one line naming the file) when the file is not a COCO dataset at all.
     """
-    with open(json_path, encoding="utf-8") as json_file:
-        dataset = json.load(json_file)
+    try:
+        with open(json_path, encoding="utf-8") as json_file:
+            dataset = json.load(json_file)
+    except FileNotFoundError:
+        raise ConfigError(f"{os.fspath(json_path)}: dataset JSON not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{os.fspath(json_path)}: cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"{os.fspath(json_path)}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}"
+        ) from None
     if not isinstance(dataset, dict) or not all(
         isinstance(dataset.get(key), list) for key in REQUIRED_TOP_LEVEL_KEYS
     ):
-        raise ValueError(
+        raise ConfigError(
             f"{os.fspath(json_path)}: not a COCO dataset (needs 'images', 'annotations' and "
             "'categories' arrays); validate it for details"
         )

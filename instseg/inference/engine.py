@@ -24,7 +24,12 @@ from detectron2.structures import Boxes, Instances
 from instseg.data.catalog import build_metadata
 from instseg.inference.frames import array_frames, file_frames
 from instseg.inference.pipeline import Frame, Pipeline
-from instseg.inference.predictor import BatchPredictor, class_filter, load_model_config
+from instseg.inference.predictor import (
+    BatchPredictor,
+    class_filter,
+    instances_to_draw,
+    load_model_config,
+)
 from instseg.inference.records import coco_results
 from instseg.inference.sources import resolve_source
 from instseg.inference.video_options import VideoOptions
@@ -40,6 +45,7 @@ OPTION_KEYS = {
     "batch_size": "INSTSEG.PREDICT.BATCH_SIZE",
     "classes": "INSTSEG.PREDICT.CLASSES",
     "renderer": "INSTSEG.PREDICT.RENDERER",
+    "draw_score": "INSTSEG.PREDICT.DRAW_SCORE",
 }
 
 
@@ -129,7 +135,8 @@ class Predictor:
                 instances = _no_instances(height, width)
             drawn = None
             if self.renderer is not None and frame.image is not None:
-                drawn = self.renderer.draw(frame.image, instances)
+                shown = instances_to_draw(instances, self.video_options.draw_score)
+                drawn = self.renderer.draw(frame.image, shown)
             yield Result(
                 frame.path,
                 frame.rel,

@@ -51,10 +51,10 @@ def assign_ids(
         images = json.load(f).get("images") or []
     by_path: dict[str, int] = {}
     by_name: dict[str, list[int]] = defaultdict(list)
-    for image in images:
-        file_name = PurePosixPath(str(image["file_name"]).replace("\\", "/")).as_posix()
-        by_path[file_name] = int(image["id"])
-        by_name[PurePosixPath(file_name).name].append(int(image["id"]))
+    for i, image in enumerate(images):
+        image_id, file_name = _checked_entry(coco_json, i, image)
+        by_path[file_name] = image_id
+        by_name[PurePosixPath(file_name).name].append(image_id)
     next_id = max([0, *by_path.values()]) + 1
     image_ids, unmatched = [], []
     for f in files:
@@ -80,3 +80,16 @@ def assign_ids(
             unmatched[0],
         )
     return image_ids, categories
+
+
+def _checked_entry(coco_json: str, i: int, image) -> tuple[int, str]:
+    """(id, POSIX file_name) of ``images[i]``, or a one-line error naming the entry."""
+    where = f"--coco-json {coco_json}: images[{i}]"
+    if not isinstance(image, dict):
+        raise ConfigError(f"{where} is not an object")
+    image_id, file_name = image.get("id"), image.get("file_name")
+    if not isinstance(image_id, int) or isinstance(image_id, bool):
+        raise ConfigError(f"{where}: id {image_id!r} is not an integer")
+    if not isinstance(file_name, str) or not file_name:
+        raise ConfigError(f"{where} (id {image_id}): no file_name")
+    return image_id, PurePosixPath(file_name.replace("\\", "/")).as_posix()

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from instseg.inference.job import ERROR, OK, Job, Task
 from instseg.inference.pipeline import Frame, StageClock
+from instseg.inference.predictor import instances_to_draw
 from instseg.inference.records import coco_results
 from instseg.io.images import atomic_write_image, instance_id_image
 from instseg.io.writers import JsonLinesWriter
@@ -43,6 +44,7 @@ class ImageSink:
         self.job = job
         self.output_dir = Path(job.output_dir)
         self.renderer = renderer
+        self.draw_score = float(job.cfg.INSTSEG.PREDICT.DRAW_SCORE)
         self.stats = ShardStats()
         self.part = JsonLinesWriter(job.part_file(rank))
         show = job.progress and rank == 0
@@ -62,7 +64,8 @@ class ImageSink:
         if frame.error is not None or self.renderer is None:
             return
         try:
-            frame.drawn = self.renderer.draw(frame.image, frame.instances)
+            shown = instances_to_draw(frame.instances, self.draw_score)
+            frame.drawn = self.renderer.draw(frame.image, shown)
         except Exception as e:  # a renderer failure fails this input only
             logger.debug("Drawing %s failed", frame.path, exc_info=True)
             frame.fail("cannot draw outputs", e)

@@ -169,6 +169,13 @@ def class_filter(cfg: CfgNode) -> list[int] | None:
     return [names.index(name) for name in wanted]
 
 
+def instances_to_draw(instances: Instances, min_score: float) -> Instances:
+    """What a picture shows: instances scoring at least ``min_score`` (``DRAW_SCORE``)."""
+    if min_score <= 0 or len(instances) == 0:
+        return instances
+    return instances[instances.scores >= min_score]
+
+
 def filter_instances(instances: Instances, keep_classes: list[int] | None) -> Instances:
     if keep_classes is None or len(instances) == 0:
         return instances

@@ -36,6 +36,7 @@ __all__ = [
     "SourceError",
     "is_video_path",
     "resolve_source",
+    "resolve_sources",
 ]
 
 # File name endings searched for in folders and globs (lower case; matching ignores case).
@@ -109,6 +110,26 @@ def resolve_source(spec: str | os.PathLike, exclude: os.PathLike | str | None = 
     if _GLOB_CHARS & set(spec):
         return _from_glob(spec, excluded)
     raise SourceError(f"{spec}: no such file or folder")
+
+
+def resolve_sources(
+    specs: list[str | os.PathLike], exclude: os.PathLike | str | None = None
+) -> Source:
+    """Several SOURCEs (what a shell makes of ``videos/*.mp4``) as one: their files in the order
+    given, each once, relative to the nearest folder holding them all. All must be images, or
+    all videos."""
+    if len(specs) == 1:
+        return resolve_source(specs[0], exclude)
+    sources = [resolve_source(spec, exclude) for spec in specs]
+    kinds = {s.kind for s in sources}
+    if len(kinds) > 1:
+        images = next(s.spec for s in sources if s.kind == "images")
+        videos = next(s.spec for s in sources if s.kind == "videos")
+        raise SourceError(f"{images}, {videos}: images and videos mixed; predict them in two runs")
+    paths = [f.path for s in sources for f in s.files]
+    root = _common_root(sources[0].root, paths)
+    spec = " ".join(os.fspath(s) for s in specs)
+    return Source(spec, root, kinds.pop(), _relative_to(root, paths, sort=False))
 
 
 def _from_folder(spec: str, folder: Path, excluded: Path | None) -> Source:

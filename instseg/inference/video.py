@@ -38,7 +38,7 @@ from tqdm import tqdm
 from instseg.data.catalog import build_metadata
 from instseg.inference.frames import video_frames
 from instseg.inference.pipeline import Frame, Pipeline, StageClock
-from instseg.inference.predictor import BatchPredictor, class_filter
+from instseg.inference.predictor import BatchPredictor, class_filter, instances_to_draw
 from instseg.inference.records import coco_results, frame_record
 from instseg.inference.sources import VIDEO_EXTENSIONS, is_video_path
 from instseg.inference.video_options import VideoOptions, expected_frames, resolve_renderer_name
@@ -120,7 +120,10 @@ class VideoResult:
 class _VideoSink:
     """The render and write stages of one video."""
 
-    def __init__(self, path: Path, renderer: Renderer | None, writer, jsonl, bar: tqdm) -> None:
+    def __init__(
+        self, path: Path, renderer: Renderer | None, draw_score: float, writer, jsonl, bar: tqdm
+    ) -> None:
+        self.draw_score = draw_score
         self.path, self.renderer, self.writer, self.jsonl, self.bar = (
             path,
             renderer,
@@ -140,7 +143,8 @@ class _VideoSink:
             raise VideoError(frame.error)
         if self.renderer is not None:
             try:
-                frame.drawn = self.renderer.draw(frame.image, frame.instances)
+                shown = instances_to_draw(frame.instances, self.draw_score)
+                frame.drawn = self.renderer.draw(frame.image, shown)
             except Exception as e:
                 frame.fail("cannot draw", e)
                 raise VideoWriteError(frame.error) from e
@@ -245,7 +249,7 @@ def predict_video(
         with tqdm(
             total=total, desc=path.name, unit="frame", disable=not progress, dynamic_ncols=True
         ) as bar:
-            sink = _VideoSink(path, renderer, writer, jsonl, bar)
+            sink = _VideoSink(path, renderer, options.draw_score, writer, jsonl, bar)
             try:
                 frames = video_frames(source, rel or path.name, options)
                 pipeline.run(frames, sink.stages(_MERGE_RENDER_ENCODE), clock)

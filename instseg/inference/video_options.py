@@ -40,6 +40,7 @@ class VideoOptions:
     queue_size: int = 8
     render: bool = True
     renderer: str = "fast"
+    draw_score: float = 0.5
 
     @classmethod
     def from_cfg(cls, cfg: CfgNode) -> VideoOptions:
@@ -81,6 +82,7 @@ def _options_from_cfg(cls: type[VideoOptions], cfg: CfgNode) -> VideoOptions:
         queue_size=queue_size,
         render=bool(predict.RENDER),
         renderer=renderer,
+        draw_score=float(predict.DRAW_SCORE),
     )
 
 

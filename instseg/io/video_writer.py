@@ -20,13 +20,8 @@ import numpy as np
 from instseg.io.atomic import publish, temp_path
 from instseg.io.audio import _AudioFeed, _CopyFeed, _ToneFeed
 from instseg.io.encoders import _OpenCVEncoder, _PyAVEncoder
-from instseg.io.media import (
-    VideoReadError,
-    VideoWriteError,
-    WrittenVideo,
-    _ffmpeg_reason,
-    _one_line,
-)
+from instseg.io.media import VideoWriteError, WrittenVideo, _ffmpeg_reason
+from instseg.io.video_check import check_written
 
 try:
     import av
@@ -154,7 +149,7 @@ class VideoWriter:
     def _start(self) -> None:
         self._tmp = temp_path(self.path)
         odd = self.width % 2 or self.height % 2
-        try:
+        with self._aborting(f"cannot start the {self.codec} encoder"):
             self._audio = self._make_audio_feed()
             if self.codec == "h264":
                 name = available_h264_encoder()
@@ -170,14 +165,18 @@ class VideoWriter:
                 self._backend = _PyAVEncoder(self, "mpeg4", "yuv420p")
             else:
                 self._backend = _OpenCVEncoder(self)
+
+    @contextlib.contextmanager
+    def _aborting(self, doing: str):
+        """Any failure inside deletes the output; a foreign one becomes a VideoWriteError."""
+        try:
+            yield
         except VideoWriteError:
             self.abort()
             raise
         except Exception as exc:
             self.abort()
-            raise VideoWriteError(
-                f"{self.path}: cannot start the {self.codec} encoder ({_ffmpeg_reason(exc)})"
-            ) from None
+            raise VideoWriteError(f"{self.path}: {doing} ({_ffmpeg_reason(exc)})") from None
 
     def _h264_pix_fmt(self, encoder: str, odd: bool) -> str:
         if not odd:
@@ -238,16 +237,8 @@ class VideoWriter:
         if not self._pts and self._audio is not None:
             self._audio.start(self._t0 or 0.0)
         self._pts.append(pts)
-        try:
+        with self._aborting(f"encoding frame {len(self._pts) - 1} failed"):
             self._backend.write(image, pts)
-        except VideoWriteError:
-            self.abort()
-            raise
-        except Exception as exc:
-            self.abort()
-            raise VideoWriteError(
-                f"{self.path}: encoding frame {len(self._pts) - 1} failed ({_ffmpeg_reason(exc)})"
-            ) from None
 
     def _check_image(self, image: np.ndarray) -> np.ndarray:
         image = np.asarray(image)
@@ -288,9 +279,7 @@ class VideoWriter:
             if getattr(self._backend, "constant_rate", False):
                 end_pts = len(self._pts) * self._frame_ticks  # the given times were dropped
             expected = end_pts / self._ticks
-            written = _check_written(
-                self._tmp, self.path, len(self._pts), expected, self, has_audio
-            )
+            written = check_written(self._tmp, self.path, len(self._pts), expected, self, has_audio)
             if self.publish:
                 publish(self._tmp, self.path)
         except VideoWriteError:
@@ -344,77 +333,3 @@ class VideoWriter:
             self.abort()
         elif not self._closed:
             self.close()
-
-
-def _check_written(tmp, final, frames, duration, writer, has_audio) -> WrittenVideo:
-    """Re-open the output and compare it with what was written."""
-    try:
-        got_frames, got_duration, size, got_audio = _inspect_output(tmp)
-    except Exception as exc:
-        raise VideoWriteError(f"{final}: output cannot be re-opened ({_one_line(exc)})") from None
-    if size != (writer.width, writer.height):
-        raise VideoWriteError(
-            f"{final}: re-opened output is {size[0]}x{size[1]}, expected {writer.width}x{writer.height}"
-        )
-    if got_frames != frames:
-        raise VideoWriteError(
-            f"{final}: re-opened output has {got_frames} frames, expected {frames}"
-        )
-    tolerance = max(1.5 / writer.fps, 0.05)
-    if got_duration is not None and abs(got_duration - duration) > tolerance:
-        raise VideoWriteError(
-            f"{final}: re-opened output lasts {got_duration:.3f}s, expected {duration:.3f}s"
-        )
-    if has_audio and not got_audio:
-        raise VideoWriteError(f"{final}: re-opened output lost its audio stream")
-    return WrittenVideo(
-        path=Path(final),
-        frames=got_frames,
-        duration=got_duration if got_duration is not None else duration,
-        codec=writer.codec,
-        bytes=os.path.getsize(tmp),
-        has_audio=got_audio,
-    )
-
-
-def _inspect_output(path: Path) -> tuple[int, float | None, tuple[int, int], bool]:
-    """(frames, video duration, (width, height), has audio) of a finished file."""
-    if av is None:
-        cap = cv2.VideoCapture(str(path))
-        try:
-            if not cap.isOpened():
-                raise VideoReadError("OpenCV cannot open it")
-            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-            if count <= 0:
-                count = 0
-                while cap.grab():
-                    count += 1
-            size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-            fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-            return count, (count / fps if fps > 0 else None), size, False
-        finally:
-            cap.release()
-    with av.open(str(path), metadata_errors="ignore") as container:
-        if not container.streams.video:
-            raise VideoReadError("no video stream")
-        stream = container.streams.video[0]
-        size = (stream.codec_context.width, stream.codec_context.height)
-        has_audio = bool(container.streams.audio)
-        count = int(stream.frames or 0)
-        duration = None
-        if stream.duration and stream.time_base:
-            duration = float(stream.duration * stream.time_base)
-        if count == 0 or duration is None:
-            # No sample table (e.g. Matroska): count packets, which is one per frame.
-            count, first, end = 0, None, None
-            for packet in container.demux(stream):
-                if packet.size == 0 or packet.pts is None:
-                    continue
-                count += 1
-                t0 = packet.pts * packet.time_base
-                first = t0 if first is None else min(first, t0)
-                t1 = (packet.pts + (packet.duration or 0)) * packet.time_base
-                end = t1 if end is None else max(end, t1)
-            if duration is None and first is not None:
-                duration = float(end - first)
-        return count, duration, size, has_audio
