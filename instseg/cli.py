@@ -24,6 +24,15 @@ def _setup_logging(verbose: bool = False) -> None:
     setup_logger(name="instseg", abbrev_name="instseg", configure_stdout=True).setLevel(level)
     setup_logger(name="detectron2", abbrev_name="d2", configure_stdout=True).setLevel(level)
     setup_logger(name="fvcore", configure_stdout=True).setLevel(logging.WARNING)
+    if not verbose:
+        for handler in logging.getLogger("detectron2").handlers:
+            handler.addFilter(_not_the_model_summary)
+
+
+def _not_the_model_summary(record: logging.LogRecord) -> bool:
+    """Detectron2 logs the whole model (~300 lines) when it builds one: log.txt keeps it (its
+    file handler is added later, without this filter), the terminal does not."""
+    return not str(record.msg).startswith("Model:\n")
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -208,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from instseg.errors import InstsegError
 
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
     try:
+        args = build_parser().parse_args(argv)  # an argument may be checked while parsed
+        _setup_logging(args.verbose)
         return args.func(args)
     except InstsegError as e:
         print(f"error: {e}", file=sys.stderr)

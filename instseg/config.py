@@ -48,6 +48,9 @@ def add_instseg_config(cfg: CfgNode) -> None:
     # by `instseg.datasets.register_datasets` and saved in every run's config.yaml, so inference
     # draws the fine-tuned classes instead of COCO's 80.
     _C.INSTSEG.THING_CLASSES = []
+    # Images declaring more pixels than this in their header are refused before decoding, in
+    # predict, training and validation (0: no limit).
+    _C.INSTSEG.MAX_IMAGE_PIXELS = 100_000_000
 
     # COCO-format datasets: a split with a NAME is registered under that name with Detectron2's
     # COCO loader. TRAIN becomes DATASETS.TRAIN; VAL becomes DATASETS.TEST (evaluated during
@@ -59,6 +62,10 @@ def add_instseg_config(cfg: CfgNode) -> None:
         node.JSON = ""  # path to the COCO instances JSON
         node.IMAGES = ""  # folder the JSON's file_name entries are relative to
         _C.INSTSEG.DATASETS[split] = node
+
+    # Before train and eval, every declared dataset gets the structural check of `instseg
+    # dataset validate` (image headers included); True also checks every image's data.
+    _C.INSTSEG.DATASETS.CHECK_IMAGES = False
 
     _C.INSTSEG.TRAIN = CfgNode()
     # Compute the loss on the validation set at each evaluation (Detectron2 logs only AP).

@@ -12,6 +12,20 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
+def detectron2_source() -> str:
+    """Which install of Detectron2 this is: the official source build or the PyPI fallback."""
+    for name, source in (
+        ("detectron2", "official source build (DETECTRON2_SOURCE)"),
+        ("sal-detectron2", "PyPI fallback sal-detectron2 (Python code only)"),
+    ):
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return source
+    return "unknown (not installed by pip)"
+
+
 def collect_environment() -> list[tuple[str, str]]:
     import cv2
     import detectron2
@@ -29,6 +43,7 @@ def collect_environment() -> list[tuple[str, str]]:
         ("torch", torch.__version__),
         ("torchvision", torchvision.__version__),
         ("Detectron2", f"{detectron2.__version__} ({detectron2.__file__.rsplit('/', 2)[0]})"),
+        ("Detectron2 source", detectron2_source()),
         ("OpenCV", cv2.__version__),
         ("numpy", numpy.__version__),
         ("pycocotools", _version("pycocotools")),

@@ -229,9 +229,9 @@ def build_predict_options(args: argparse.Namespace):
         opts=opts,
         existing=args.existing or "refuse",
         coco_json=args.coco_json,
-        num_workers=args.num_workers or 1,
-        num_machines=args.num_machines or 1,
-        machine_rank=args.machine_rank or 0,
+        num_workers=1 if args.num_workers is None else args.num_workers,
+        num_machines=1 if args.num_machines is None else args.num_machines,
+        machine_rank=0 if args.machine_rank is None else args.machine_rank,
         dist_url=args.dist_url or "auto",
         progress=not args.no_progress,
     )

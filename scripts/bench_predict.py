@@ -216,6 +216,9 @@ def main() -> None:
         "0.0",
         "TEST.DETECTIONS_PER_IMAGE",
         str(args.detections),
+        # Every instance drawn, as the naive loop draws them (random weights score low).
+        "INSTSEG.PREDICT.DRAW_SCORE",
+        "0.0",
         "INSTSEG.PREDICT.BATCH_SIZE",
         str(args.batch_size),
         "INSTSEG.PREDICT.RENDERER",
@@ -306,6 +309,7 @@ def main() -> None:
         rss_weights = random_init_weights(RSS_CONFIG, class_opts, work / "random_init_r18.pth")
         rss_opts = [*class_opts, *RSS_OPTS, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
         rss_opts += ["TEST.DETECTIONS_PER_IMAGE", "5", "MODEL.DEVICE", "cpu"]
+        rss_opts += ["INSTSEG.PREDICT.DRAW_SCORE", "0.0"]
         write_images(work / "rss_images", max(RSS_COUNTS), RSS_SIZE, seed=1)
         rss = {}
         for count in RSS_COUNTS:

@@ -207,6 +207,8 @@ def main() -> None:
             "INSTSEG.THING_CLASSES", repr(tuple(classes)),
             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(args.score_thresh),
             "TEST.DETECTIONS_PER_IMAGE", str(args.max_instances),
+            # Every instance drawn, as the demo loop draws them (random weights score low).
+            "INSTSEG.PREDICT.DRAW_SCORE", "0.0",
             "INSTSEG.PREDICT.BATCH_SIZE", str(args.batch_size),
             "INSTSEG.VIDEO.CODEC", args.codec,
         ]  # fmt: skip

@@ -1,7 +1,8 @@
 """Install Detectron2 into the running interpreter's environment.
 
 Detectron2 is not published on PyPI. When ``DETECTRON2_SOURCE`` names a local checkout or a git
-URL, that official source is built with its C++ ops. Otherwise the PyPI package
+URL, that official source is built into a wheel with its C++ ops, which is installed without the
+top-level ``tools`` package its setup.py also packs. Otherwise the PyPI package
 ``sal-detectron2`` is used: it carries Detectron2's Python code as a cp310 wheel, together with a
 stray top-level ``tools`` package and a compiled ``_C`` for CPython 3.10. The wheel is repacked as a
 pure-Python wheel holding only ``detectron2`` (without the binary that cannot load here) and
@@ -48,14 +49,23 @@ def install_from_source(source: str) -> None:
         raise SystemExit(f"DETECTRON2_SOURCE={source!r} is neither a directory nor a git/http URL")
     elif not source.startswith("git+"):
         target = "git+" + source
-    # Detectron2's setup.py imports torch, so it must build against the environment's torch.
-    pip("install", "--no-build-isolation", target)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_dir = Path(tmp)
+        # Detectron2's setup.py imports torch, so it must build against the environment's torch.
+        pip("wheel", "--no-build-isolation", "--no-deps", "--wheel-dir", str(tmp_dir), target)
+        (wheel,) = tmp_dir.glob("detectron2-*.whl")
+        (tmp_dir / "packed").mkdir()
+        pip("install", "--force-reinstall", str(strip_wheel(wheel, tmp_dir / "packed", pure=False)))
 
 
-def strip_wheel(wheel: Path, out_dir: Path) -> Path:
-    """Repack the sal-detectron2 wheel as py3-none-any holding only the ``detectron2`` package."""
+def strip_wheel(wheel: Path, out_dir: Path, pure: bool = True) -> Path:
+    """Repack a Detectron2 wheel holding only the ``detectron2`` package (no ``tools``).
+
+    ``pure``: also drop the compiled ``_C`` and tag the wheel py3-none-any (the sal-detectron2
+    wheel, whose binary is for CPython 3.10); otherwise the wheel keeps its binary and tags.
+    """
     name = wheel.name.split("-")
-    packed = out_dir / f"{name[0]}-{name[1]}-py3-none-any.whl"
+    packed = out_dir / (f"{name[0]}-{name[1]}-py3-none-any.whl" if pure else wheel.name)
     records = []
     with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
         dist_info = next(n.split("/")[0] for n in src.namelist() if ".dist-info/" in n)
@@ -65,14 +75,14 @@ def strip_wheel(wheel: Path, out_dir: Path) -> Path:
             if (
                 not keep
                 or "/__pycache__/" in path
-                or re.search(r"detectron2/_C\..*\.so$", path)
+                or (pure and re.search(r"detectron2/_C\..*\.so$", path))
                 or path.endswith("/RECORD")
             ):
                 continue
             data = src.read(item)
             if path == f"{dist_info}/top_level.txt":
                 data = b"detectron2\n"
-            elif path == f"{dist_info}/WHEEL":
+            elif path == f"{dist_info}/WHEEL" and pure:
                 text = data.decode()
                 text = re.sub(r"(?m)^Root-Is-Purelib:.*$", "Root-Is-Purelib: true", text)
                 text = re.sub(r"(?m)^Tag:.*$", "Tag: py3-none-any", text)

@@ -1,8 +1,11 @@
 """Dataset registration: idempotent, replaceable, and the model's classes follow the JSON."""
 
 import json
+import re
 import uuid
 
+import cv2
+import numpy as np
 import pytest
 from conftest import R50_CONFIG
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -46,6 +49,7 @@ def _write_coco(path, categories, annotated_category_ids=()):
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(coco))
+    cv2.imwrite(str(path.parent / "a.jpg"), np.zeros((30, 40, 3), np.uint8))
     return path
 
 
@@ -223,3 +227,42 @@ def test_build_metadata_rejects_class_count_mismatch():
     cfg = build_cfg([], ["INSTSEG.THING_CLASSES", "['a', 'b']", "MODEL.ROI_HEADS.NUM_CLASSES", "3"])
     with pytest.raises(ConfigError, match="2 names but MODEL.ROI_HEADS.NUM_CLASSES is 3"):
         build_metadata(cfg)
+
+
+def _broken(tmp_path, change):
+    path = _write_coco(tmp_path / "d" / "train.json", SPARSE_CATEGORIES, [11, 3])
+    coco = json.loads(path.read_text())
+    change(coco, tmp_path / "d")
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def _symlink_outside(coco, root):
+    cv2.imwrite(str(root.parent / "elsewhere.jpg"), np.zeros((30, 40, 3), np.uint8))
+    (root / "a.jpg").unlink()
+    (root / "a.jpg").symlink_to(root.parent / "elsewhere.jpg")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c, r: c.pop("annotations"), "<top level>: missing required key 'annotations'"),
+        (
+            lambda c, r: c["annotations"][0].update(bbox="2 3 10 8"),
+            r"annotations\[0\] \(id=1\).bbox",
+        ),
+        (lambda c, r: c["annotations"][0].update(segmentation={"size": [30, 40]}), "counts"),
+        (lambda c, r: c["images"][0].update(file_name="../a.jpg"), "file_name"),
+        (lambda c, r: c["images"][0].update(file_name="/etc/a.jpg"), "absolute path"),
+        (_symlink_outside, "symbolic link leading outside the image root"),
+    ],
+    ids=["no-annotations", "string-bbox", "rle-without-counts", "dotdot", "absolute", "symlink"],
+)
+def test_training_datasets_are_checked_before_use(tmp_path, names, change, message):
+    path = _broken(tmp_path, change)
+    cfg = build_cfg([], _split_opts("TRAIN", names(), path, tmp_path / "d"))
+    with pytest.raises(ConfigError) as info:
+        register_datasets(cfg)
+    line = str(info.value)
+    assert "\n" not in line and "instseg dataset validate --json" in line
+    assert re.search(message, line), line

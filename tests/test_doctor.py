@@ -14,6 +14,8 @@ def test_rows_report_installed_versions():
     assert rows["OpenCV"] == cv2.__version__
     assert rows["Detectron2"].startswith(f"{detectron2.__version__} (")
     assert rows["CPU threads"] == str(torch.get_num_threads())
+    official = has_compiled_ops()  # only the source build has them
+    assert rows["Detectron2 source"].startswith("official" if official else "PyPI fallback")
 
 
 def test_device_row_matches_torch():

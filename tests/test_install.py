@@ -156,3 +156,19 @@ def test_stripped_wheel_installs_with_pip(fake_wheel, tmp_path):
     assert (target / "detectron2" / "__init__.py").is_file()
     assert not (target / "tools").exists()
     assert not list((target / "detectron2").glob("_C*.so"))
+
+
+def test_a_source_build_keeps_its_binary_but_not_tools(fake_wheel, tmp_path):
+    """The official source's wheel: its _C stays (built for this Python), tools/ goes."""
+    built = tmp_path / "detectron2-0.6-cp311-cp311-linux_x86_64.whl"
+    fake_wheel.rename(built)
+    packed = _load_installer().strip_wheel(built, tmp_path / "in", pure=False)
+    assert packed.name == built.name
+    with zipfile.ZipFile(packed) as zf:
+        names = set(zf.namelist())
+        top_level = zf.read(f"{DIST_INFO}/top_level.txt")
+        wheel_meta = zf.read(f"{DIST_INFO}/WHEEL")
+    assert not [n for n in names if n.startswith("tools/")]
+    assert [n for n in names if n.startswith("detectron2/_C.")]
+    assert top_level == b"detectron2\n"
+    assert wheel_meta == FAKE_WHEEL_FILES[f"{DIST_INFO}/WHEEL"]

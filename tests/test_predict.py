@@ -21,7 +21,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from conftest import kill_at_random_moments
+from conftest import kill_at_random_moments, png_declaring
 from detectron2.engine import DefaultPredictor
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -268,11 +268,20 @@ def test_bad_files_are_error_rows(tmp_path, _local_random_init_run, sample_datas
     (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "text.png").write_text("not an image\n")
-    bad = {"truncated.jpg": "truncated JPEG", "empty.jpg": "empty file", "text.png": "not an image"}
+    # A few hundred bytes declaring 20000x20000 (past PIL's own limit) and 12000x10000 pixels.
+    (folder / "bomb.png").write_bytes(png_declaring(20000, 20000))
+    (folder / "big.png").write_bytes(png_declaring(12000, 10000))
+    bad = {
+        "truncated.jpg": "truncated JPEG",
+        "empty.jpg": "empty file",
+        "text.png": "not an image",
+        "bomb.png": ": 400 megapixels, over the limit of 100 (INSTSEG.MAX_IMAGE_PIXELS)",
+        "big.png": ": 12000x10000 = 120 megapixels, over the limit of 100",
+    }
 
     output = tmp_path / "out"
     result = _run(_local_random_init_run, folder, output, ["INSTSEG.PREDICT.SAVE_MASKS", "True"])
-    assert (result.ok, result.errors, result.exit_status) == (6, 3, 1)
+    assert (result.ok, result.errors, result.exit_status) == (6, 5, 1)
     rows = _manifest(output)
     assert sorted(row["path"] for row in rows) == sorted(p.name for p in folder.iterdir())
     for row in rows:

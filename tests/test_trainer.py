@@ -134,6 +134,7 @@ def resumed_run(tmp_path_factory, dataset_opts, tiny_opts):
     assert second.returncode == 0, (root / "second.out").read_text()[-3000:]
     return {
         "run": run,
+        "terminal": (root / "first.out").read_text() + (root / "second.out").read_text(),
         "killed_at": killed_at,
         "checkpoint": checkpoint,
         "killed_metrics": killed_metrics,
@@ -144,6 +145,9 @@ def resumed_run(tmp_path_factory, dataset_opts, tiny_opts):
 
 def test_run_folder_is_self_describing(resumed_run):
     run = resumed_run["run"]
+    # The model's architecture is in log.txt, not on the terminal.
+    assert "GeneralizedRCNN(" in (run / "log.txt").read_text()
+    assert "GeneralizedRCNN(" not in resumed_run["terminal"]
     config_text = (run / "config.yaml").read_text()
     rebuilt = build_train_cfg(TrainRequest([str(run / "config.yaml")]))
     assert yaml.safe_load(rebuilt.dump()) == yaml.safe_load(config_text)
@@ -299,3 +303,53 @@ def test_random_init_with_frozen_bn_warns(tmp_path, dataset_opts, tiny_opts, res
     assert "configs/mask_rcnn_R50_FPN_scratch_GN.yaml" in warnings[0]
     # Random init with BatchNorm (the demo config) is fine: no warning.
     assert SCRATCH_WARNING not in (resumed_run["run"] / "log.txt").read_text()
+
+
+DIES_DURING_SECOND_SAVE = """
+import os, signal, sys
+import torch
+from instseg.cli import main
+
+original, calls = torch.save, []
+
+def save(obj, f, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # the second checkpoint: half a file, then the power goes
+        f.write(b"PK\\x03\\x04 half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(obj, f, *args, **kwargs)
+
+torch.save = save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_during_a_checkpoint_save_then_resume_finishes(tmp_path, dataset_opts, tiny_opts):
+    run = tmp_path / "run"
+    opts = ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0"]
+    args = ["train", "--config", str(DEMO_CONFIG), "--output", str(run)]
+    args += [*dataset_opts, *tiny_opts, *opts]
+    script = tmp_path / "dies.py"
+    script.write_text(DIES_DURING_SECOND_SAVE)
+    killed = subprocess.run(
+        [sys.executable, str(script), *args], cwd=REPO_ROOT, capture_output=True, timeout=540
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
+    # The cut-short save left no model_0000003.pth and last_checkpoint names a whole file.
+    assert not (run / "model_0000003.pth").exists()
+    assert (run / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert _load(run / "model_0000001.pth")["iteration"] == 1
+    assert [p.name for p in run.iterdir() if "instseg-tmp" in p.name]  # the half file
+
+    resumed = subprocess.run(
+        _instseg(*args[:1], "--resume", *args[1:]),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Starting training from iteration 2" in (run / "log.txt").read_text()
+    assert _load(run / "model_final.pth")["iteration"] == 5
+    assert not [p.name for p in run.iterdir() if "instseg-tmp" in p.name]

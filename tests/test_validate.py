@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
+from conftest import png_declaring
 from PIL import Image
 
 from instseg.data.stats import format_dataset_stats, load_dataset_stats
@@ -136,7 +137,15 @@ class DatasetFiles:
         return validate_coco_dataset(self.json_path, self.image_root, check_images=check_images)
 
     def expand(self, line: str) -> str:
-        return line.replace("{json}", str(self.json_path)).replace("{root}", str(self.image_root))
+        outside = self.image_root.parent / "outside.png"
+        line = line.replace("{json}", str(self.json_path)).replace("{root}", str(self.image_root))
+        return line.replace("{outside}", str(outside))
+
+
+def _symlink_outside(d: DatasetFiles) -> None:
+    outside = d.image_root.parent / "outside.png"
+    (d.image_root / "a.png").rename(outside)
+    (d.image_root / "a.png").symlink_to(outside)
 
 
 def _annotation(annotation_id, image_id, category_id, bbox, segmentation) -> dict:
@@ -424,6 +433,36 @@ MALFORMED_CASES = {
     "image_missing_on_disk": (
         lambda d: (d.image_root / "a.png").unlink(),
         [(ERROR, "{root}/a.png: images[0] (id=1): image file not found")],
+    ),
+    "image_declares_too_many_pixels": (
+        lambda d: (d.image_root / "a.png").write_bytes(png_declaring(12000, 10000)),
+        [
+            (
+                ERROR,
+                "{root}/a.png: images[0] (id=1): image is 12000x10000 = 120 megapixels, over the "
+                "limit of 100 megapixels (INSTSEG.MAX_IMAGE_PIXELS)",
+            )
+        ],
+    ),
+    "image_past_pil_limit": (
+        lambda d: (d.image_root / "a.png").write_bytes(png_declaring(20000, 20000)),
+        [
+            (
+                ERROR,
+                "{root}/a.png: images[0] (id=1): image is 400 megapixels, over the limit of 100 "
+                "megapixels (INSTSEG.MAX_IMAGE_PIXELS)",
+            )
+        ],
+    ),
+    "file_name_symlink_leaves_root": (
+        _symlink_outside,
+        [
+            (
+                ERROR,
+                "{root}/a.png: images[0] (id=1).file_name: 'a.png' is a symbolic link leading "
+                "outside the image root (to {outside}); training never reads outside it",
+            )
+        ],
     ),
     "image_not_an_image": (
         lambda d: (d.image_root / "nested" / "c.png").write_bytes(b"not an image at all"),

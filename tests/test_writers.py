@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from instseg.io.atomic import AtomicTextFile
+from instseg.io.atomic import AtomicFile
 from instseg.io.images import atomic_write_image, instance_id_image
 from instseg.io.writers import (
     CsvWriter,
@@ -62,7 +62,7 @@ def test_failed_block_leaves_no_final_file(tmp_path):
     assert not path.exists()
     assert _leftovers(tmp_path) == []
 
-    text = AtomicTextFile(tmp_path / "t.txt")
+    text = AtomicFile(tmp_path / "t.txt")
     text.write("partial")
     text.discard()
     assert list(tmp_path.iterdir()) == []

@@ -16,6 +16,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.data.datasets import register_coco_instances
 
 from instseg.config import ConfigError
+from instseg.data.preflight import check_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,12 @@ def register_datasets(cfg: CfgNode) -> CfgNode:
             if not node[key]:
                 raise ConfigError(f"INSTSEG.DATASETS.{split}.{key}: required when NAME is set")
         found[split] = register_coco_dataset(node.NAME, node.JSON, node.IMAGES)
+        check_dataset(
+            node.JSON,
+            node.IMAGES,
+            verify_images=bool(declared.CHECK_IMAGES),
+            max_pixels=int(cfg.INSTSEG.MAX_IMAGE_PIXELS),
+        )
     if not found:
         return cfg
 

@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from PIL import Image, UnidentifiedImageError
 
 from instseg.data.annotation_checks import _ImageRecord
-from instseg.io.images import jpeg_has_end_marker
+from instseg.io.images import DEFAULT_MAX_PIXELS, jpeg_has_end_marker
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,12 @@ _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 class ImageFileChecks:
     """Image-file checks; the host class provides ``error`` and ``warning``."""
 
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    verify_images: bool = True  # also check the data, not only the header
+
+    def _limit(self) -> str:
+        return f"{self.max_pixels / 1e6:g} megapixels (INSTSEG.MAX_IMAGE_PIXELS)"
+
     def _check_image_file(self, path: str, record: _ImageRecord) -> None:
         label = record.label
         try:
@@ -30,13 +37,19 @@ class ImageFileChecks:
                 image_format = image.format
                 # Raw EXIF from the header; getexif() may decode pixels, which verify forbids.
                 exif_bytes = image.info.get("exif")
-                image.verify()
+                if self.verify_images:
+                    image.verify()
             orientation = _exif_orientation(exif_bytes)
         except FileNotFoundError:
             self.error(label, "image file not found", file=path)
             return
         except UnidentifiedImageError:
             self.error(label, "not a recognizable image file", file=path)
+            return
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            declared = f"{int(found.group(1)) / 1e6:.0f} megapixels, " if found else ""
+            self.error(label, f"image is {declared}over the limit of {self._limit()}", file=path)
             return
         except OSError as exc:
             if exc.errno is None:  # raised by a decoder rather than the file system
@@ -48,7 +61,15 @@ class ImageFileChecks:
             logger.debug("Reading %s failed", path, exc_info=True)
             self.error(label, f"corrupt image file: {type(exc).__name__}: {exc}", file=path)
             return
-        if image_format == "JPEG" and not jpeg_has_end_marker(path):
+        if width * height > self.max_pixels:
+            self.error(
+                label,
+                f"image is {width}x{height} = {width * height / 1e6:.0f} megapixels, over the "
+                f"limit of {self._limit()}",
+                file=path,
+            )
+            return
+        if self.verify_images and image_format == "JPEG" and not jpeg_has_end_marker(path):
             self.error(
                 label, "JPEG data has no end-of-image marker; the file looks truncated", file=path
             )

@@ -26,6 +26,7 @@ from instseg.data.annotation_checks import (
     _is_number,
 )
 from instseg.data.image_checks import ImageFileChecks
+from instseg.io.images import DEFAULT_MAX_PIXELS
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +68,22 @@ def has_errors(problems: Iterable[Problem]) -> bool:
 
 
 def validate_coco_dataset(
-    json_path: str | os.PathLike, image_root: str | os.PathLike, check_images: bool = True
+    json_path: str | os.PathLike,
+    image_root: str | os.PathLike,
+    check_images: bool = True,
+    *,
+    verify_images: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[Problem]:
     """Check a COCO instance-segmentation dataset and return every problem found.
 
     Bad data never raises; it is reported. ``check_images`` additionally opens every image
-    file (header and a cheap integrity check, no full decode) to catch missing, corrupt or
-    mis-sized images before they stop a training run midway.
+    file's header (it exists, stays inside the root, has the JSON's size and at most
+    ``max_pixels`` pixels) and, with ``verify_images``, a cheap integrity check of its data
+    (no full decode), to catch images that would stop a training run midway.
     """
     checker = _DatasetChecker(os.fspath(json_path))
+    checker.max_pixels, checker.verify_images = max_pixels, verify_images
     dataset = checker.parse()
     if dataset is not None:
         sections = checker.check_top_level(dataset)
@@ -265,9 +273,20 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
         if not os.path.isdir(image_root):
             self.error("<image root>", "image root directory not found", file=image_root)
             return
+        root = os.path.realpath(image_root)
         for record in self.image_records:
-            if record.file_name is not None:
-                self._check_image_file(os.path.join(image_root, record.file_name), record)
+            if record.file_name is None:
+                continue
+            path = os.path.join(image_root, record.file_name)
+            if os.path.commonpath([root, os.path.realpath(path)]) != root:
+                self.error(
+                    f"{record.label}.file_name",
+                    f"{record.file_name!r} is a symbolic link leading outside the image root "
+                    f"(to {os.path.realpath(path)}); training never reads outside it",
+                    file=path,
+                )
+                continue
+            self._check_image_file(path, record)
 
     # Entry-level helpers.
 

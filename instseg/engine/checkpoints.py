@@ -20,6 +20,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
 from instseg.config import ConfigError
+from instseg.io.atomic import AtomicFile
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +126,56 @@ def check_pkl_is_data(path: str | os.PathLike) -> None:
         raise WeightsError(f"{path}: not a checkpoint of plain arrays ({e})") from None
 
 
+def check_weights(path: str) -> None:
+    """Refuse a checkpoint that is not plain data before any work starts (the model loads it
+    later, in each process): ``.pkl`` through the restricted unpickler, ``.pth`` through
+    ``torch.load(weights_only=True)``, memory-mapped so tensors are not read.
+
+    Raises:
+        WeightsError: one line naming the file.
+    """
+    if not path:
+        return
+    if path.endswith(".pkl"):
+        check_pkl_is_data(path)
+        return
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        reason = " ".join(str(e).split())[:200]
+        raise WeightsError(f"{path}: not a checkpoint of plain tensors ({reason})") from None
+    except (EOFError, RuntimeError, ValueError, OSError) as e:
+        if isinstance(e, RuntimeError) and "mmap" in str(e):  # a legacy, non-zip checkpoint
+            return
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise WeightsError(f"{path}: not a readable checkpoint ({reason})") from None
+
+
+class _AtomicWrites:
+    """A path manager whose files opened for writing appear under their name only once complete
+    (temporary file, fsync, rename): a kill during a save never leaves a truncated checkpoint,
+    nor a ``last_checkpoint`` naming one. fvcore writes both through ``path_manager.open``."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def open(self, path: str, mode: str = "r", **kwargs):
+        if "w" in mode and "://" not in str(path):
+            return AtomicFile(path, binary="b" in mode)
+        return self._inner.open(path, mode, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
 class FinetuneCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that re-initialises predictors whose class count differs, and
-    reads checkpoints as data only (``.pth`` with ``weights_only``, ``.pkl`` checked first)."""
+    """DetectionCheckpointer that re-initialises predictors whose class count differs, reads
+    checkpoints as data only (``.pth`` with ``weights_only``, ``.pkl`` checked first), and
+    writes them atomically."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.path_manager = _AtomicWrites(self.path_manager)
 
     def _load_file(self, filename):
         if filename.endswith(".pkl"):
@@ -142,6 +190,9 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         except pickle.UnpicklingError as e:
             reason = " ".join(str(e).split())[:200]
             raise WeightsError(f"{f}: not a checkpoint of plain tensors ({reason})") from None
+        except (EOFError, RuntimeError, ValueError, OSError) as e:  # empty, cut short, not torch
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise WeightsError(f"{f}: not a readable checkpoint ({reason})") from None
 
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)

@@ -23,6 +23,7 @@ from instseg.config import build_cfg, save_cfg
 from instseg.data.catalog import register_datasets
 from instseg.engine.checkpoints import FinetuneCheckpointer
 from instseg.engine.hooks import BestCheckpointer, PeriodicWriter, TrainingCurves, ValidationLoss
+from instseg.io.atomic import remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,9 @@ def train(request: TrainRequest) -> dict:
             "Training from random init with FrozenBN diverges; use GN/BN, e.g. "
             "configs/mask_rcnn_R50_FPN_scratch_GN.yaml"
         )
+    if comm.is_main_process():
+        # Of a checkpoint save that a kill cut short (checkpoints are in the folder itself).
+        remove_stale_temps(cfg.OUTPUT_DIR, recursive=False)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=request.resume)
     if request.resume and trainer.start_iter >= trainer.max_iter:

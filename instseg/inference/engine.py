@@ -112,6 +112,7 @@ class Predictor:
         self.metadata = build_metadata(cfg)
         self.keep_classes = class_filter(cfg)
         self.video_options = VideoOptions.from_cfg(cfg)
+        self.max_pixels = int(cfg.INSTSEG.MAX_IMAGE_PIXELS)
         self.model = BatchPredictor(cfg)
         self.pipeline = Pipeline(
             self.model,
@@ -156,7 +157,7 @@ class Predictor:
                 yield from array_frames([item])
                 continue
             for f in resolve_source(item).files:
-                yield from file_frames(f, self.video_options)
+                yield from file_frames(f, self.video_options, self.max_pixels)
 
 
 def _no_instances(height: int, width: int) -> Instances:

@@ -27,7 +27,7 @@ from instseg.inference.job import (
 )
 from instseg.inference.pipeline import StageClock
 from instseg.inference.resume import prior_record
-from instseg.io.atomic import AtomicTextFile, commit_journal, commit_together
+from instseg.io.atomic import AtomicFile, commit_journal, commit_together
 from instseg.io.writers import CsvWriter, JsonListWriter, iter_json_lines
 
 logger = logging.getLogger(__name__)
@@ -62,8 +62,8 @@ def finalize(
         members={"info": info, "categories": job.categories, "annotations": []},
     )
     manifest = CsvWriter(output_dir / MANIFEST_FILE, MANIFEST_COLUMNS)
-    index = AtomicTextFile(output_dir / INDEX_FILE)
-    config = AtomicTextFile(output_dir / CONFIG_FILE)
+    index = AtomicFile(output_dir / INDEX_FILE)
+    config = AtomicFile(output_dir / CONFIG_FILE)
     files = (predictions, images, manifest, index, config)
     identities: dict[str, list[int]] = {}
     try:

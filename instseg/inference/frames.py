@@ -13,15 +13,17 @@ import numpy as np
 from instseg.inference.pipeline import Frame
 from instseg.inference.sources import InputFile, is_video_path
 from instseg.inference.video_options import VideoOptions
-from instseg.io.images import ImageReadError, read_image
+from instseg.io.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from instseg.io.media import VideoError
 from instseg.io.video_reader import VideoSource, open_video
 
 
-def image_frame(path: str | Path, rel: str, tag: Any = None) -> Frame:
+def image_frame(
+    path: str | Path, rel: str, tag: Any = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Frame:
     """One image file, decoded (BGR), or a frame saying why it could not be."""
     try:
-        return Frame(Path(path), rel, image=read_image(path), tag=tag)
+        return Frame(Path(path), rel, image=read_image(path, max_pixels), tag=tag)
     except ImageReadError as e:
         return Frame(Path(path), rel, error=str(e), tag=tag)
 
@@ -40,10 +42,12 @@ def video_frames(
             close()
 
 
-def file_frames(f: InputFile, options: VideoOptions) -> Iterator[Frame]:
+def file_frames(
+    f: InputFile, options: VideoOptions, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Iterator[Frame]:
     """An input file's frames: the image itself, or a video's selected frames."""
     if not is_video_path(f.path):
-        yield image_frame(f.path, f.rel)
+        yield image_frame(f.path, f.rel, max_pixels=max_pixels)
         return
     try:
         with open_video(f.path) as video:

@@ -91,5 +91,5 @@ def _checked_entry(coco_json: str, i: int, image) -> tuple[int, str]:
     if not isinstance(image_id, int) or isinstance(image_id, bool):
         raise ConfigError(f"{where}: id {image_id!r} is not an integer")
     if not isinstance(file_name, str) or not file_name:
-        raise ConfigError(f"{where} (id {image_id}): no file_name")
+        raise ConfigError(f"{where} (id={image_id}): no file_name")
     return image_id, PurePosixPath(file_name.replace("\\", "/")).as_posix()

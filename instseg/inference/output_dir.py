@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from instseg.config import ConfigError
@@ -52,8 +53,10 @@ class OutputLock:
         self.folder = Path(output_dir)
         self.path = self.folder / LOCK_FILE
         self._fd: int | None = None
+        self.created = False
 
     def acquire(self) -> OutputLock:
+        self.created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -86,5 +89,14 @@ class OutputLock:
     def __enter__(self) -> OutputLock:
         return self.acquire()
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.release()
+        # A usage error before any result: the folder this run made holds only its own
+        # bookkeeping, and goes, so a failed command leaves nothing behind.
+        usage_error = exc_type is not None and issubclass(exc_type, ConfigError)
+        if (
+            self.created
+            and usage_error
+            and all(p.name.startswith(HIDDEN_PREFIX) for p in self.folder.iterdir())
+        ):
+            shutil.rmtree(self.folder, ignore_errors=True)

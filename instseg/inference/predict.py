@@ -68,6 +68,7 @@ from detectron2.utils import comm
 
 from instseg.config import ConfigError
 from instseg.data.catalog import build_metadata
+from instseg.engine.checkpoints import check_weights
 from instseg.inference.finalize import finalize
 from instseg.inference.frames import image_frame
 from instseg.inference.image_ids import assign_ids
@@ -127,11 +128,15 @@ def predict_images(
     if source.kind != "images":
         raise SourceError(f"{source.spec}: holds videos; predict them with instseg.video")
     _check_cfg(cfg, options)
+    # Ids and output names first: a bad --coco-json or a clash stops before anything is written.
+    metadata = build_metadata(cfg)
+    image_ids, categories = assign_ids(source.files, metadata.thing_classes, options.coco_json)
+    tasks = _make_tasks(cfg, source, output_dir, image_ids)
     if options.machine_rank != 0:  # machine 0 owns the folder: its lock, checks and merge
-        return _run(_plan_job(cfg, source, options, output_dir), options)
+        return _run(_plan_job(cfg, tasks, categories, options, output_dir), options)
     check_output_dir(output_dir, options.existing)
     with OutputLock(output_dir):
-        job = _plan_job(cfg, source, options, output_dir)
+        job = _plan_job(cfg, tasks, categories, options, output_dir)
         result = _run(job, options)
         shutil.rmtree(output_dir / PARTS_DIR_NAME, ignore_errors=True)
     result.seconds = time.perf_counter() - started
@@ -140,10 +145,10 @@ def predict_images(
     return result
 
 
-def _plan_job(cfg: CfgNode, source: Source, options: PredictOptions, output_dir: Path) -> Job:
-    metadata = build_metadata(cfg)
-    image_ids, categories = assign_ids(source.files, metadata.thing_classes, options.coco_json)
-    tasks = _make_tasks(cfg, source, output_dir, image_ids)
+def _plan_job(
+    cfg: CfgNode, tasks: list[Task], categories: list[dict], options: PredictOptions, output_dir
+) -> Job:
+    """The job: ``tasks`` less what an earlier run finished (``existing="skip"``)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     carried = []
     digest = config_digest(cfg)
@@ -214,6 +219,7 @@ def _check_cfg(cfg: CfgNode, options: PredictOptions) -> None:
     except ValueError as e:
         raise ConfigError(f"INSTSEG.PREDICT.RENDERER: {e}") from None
     class_filter(cfg)
+    check_weights(cfg.MODEL.WEIGHTS)
     if options.num_workers > 1 and str(cfg.MODEL.DEVICE).startswith("cuda"):
         available = torch.cuda.device_count()
         if options.num_workers > available:
@@ -273,7 +279,8 @@ def _worker_main(job: Job) -> dict | None:
                 int(job.cfg.INSTSEG.PREDICT.BATCH_SIZE),
                 int(job.cfg.INSTSEG.PREDICT.QUEUE_SIZE),
             )
-            frames = (image_frame(t.path, t.rel, tag=t) for t in tasks)
+            max_pixels = int(job.cfg.INSTSEG.MAX_IMAGE_PIXELS)
+            frames = (image_frame(t.path, t.rel, t, max_pixels) for t in tasks)
             pipeline.run(frames, sink.stages(), sink.stats.clock)
     if world > 1:
         comm.synchronize()

@@ -19,7 +19,7 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.structures import Instances
 
 from instseg.config import ConfigError, build_cfg, load_config_yaml
-from instseg.engine.checkpoints import resolve_weights
+from instseg.engine.checkpoints import FinetuneCheckpointer, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,14 @@ class BatchPredictor(DefaultPredictor):
     """
 
     def __init__(self, cfg: CfgNode):
-        super().__init__(cfg)
+        # DefaultPredictor would load MODEL.WEIGHTS with a plain DetectionCheckpointer, which
+        # unpickles a .pkl as code; built without weights, the model is loaded here as data.
+        unloaded = cfg.clone()
+        unloaded.defrost()
+        unloaded.MODEL.WEIGHTS = ""
+        super().__init__(unloaded)
+        self.cfg = cfg.clone()
+        FinetuneCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         if cfg.INSTSEG.PREDICT.OPTIMIZE_MODEL:
             optimize_for_inference(self.model)
 

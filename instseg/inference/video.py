@@ -42,7 +42,7 @@ from instseg.inference.predictor import BatchPredictor, class_filter, instances_
 from instseg.inference.records import coco_results, frame_record
 from instseg.inference.sources import VIDEO_EXTENSIONS, is_video_path
 from instseg.inference.video_options import VideoOptions, expected_frames, resolve_renderer_name
-from instseg.io.atomic import AtomicTextFile, commit_journal, commit_together
+from instseg.io.atomic import AtomicFile, commit_journal, commit_together
 from instseg.io.media import VideoError, VideoReadError, VideoWriteError, WrittenVideo
 from instseg.io.video_reader import open_video
 from instseg.io.video_writer import VideoWriter
@@ -243,7 +243,7 @@ def predict_video(
                 audio_source=path if source.has_audio else None,
                 publish=False,
             )
-        jsonl = AtomicTextFile(jsonl_path)
+        jsonl = AtomicFile(jsonl_path)
         clock = StageClock()
         total = expected_frames(source, options)
         with tqdm(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from detectron2.config import CfgNode
 
+from instseg.engine.checkpoints import check_weights
 from instseg.inference.launcher import run_sharded, shard
 from instseg.inference.output_dir import OutputLock
 from instseg.inference.output_plan import check_output_paths, plan_outputs
@@ -79,6 +80,7 @@ def predict_videos(
     check_output_paths(output_dir, [n for o in plan for n in o.values()], paths)
     VideoOptions.from_cfg(cfg)  # config errors before the model loads
     class_filter(cfg)
+    check_weights(cfg.MODEL.WEIGHTS)
     job = _VideosJob(
         cfg=cfg,
         paths=paths,

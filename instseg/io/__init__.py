@@ -4,7 +4,7 @@ The lowest layer: it imports nothing from the rest of instseg but ``instseg.erro
 """
 
 from instseg.io.atomic import (
-    AtomicTextFile,
+    AtomicFile,
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
@@ -24,7 +24,7 @@ from instseg.io.writers import (
 )
 
 __all__ = [
-    "AtomicTextFile",
+    "AtomicFile",
     "CsvWriter",
     "ImageReadError",
     "JsonLinesWriter",

@@ -69,13 +69,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> int:
-    """Delete the temporary files that killed runs left anywhere under ``folder``.
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = True) -> int:
+    """Delete the temporary files that killed runs left in ``folder`` (and below it).
 
     Call it only while holding the folder's lock, so no live writer's file is taken.
     """
     removed = 0
-    for dirpath, _, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder):
+        if not recursive:
+            dirnames.clear()
         for name in filenames:
             if TEMP_MARK in name:
                 with contextlib.suppress(OSError):
@@ -143,17 +145,21 @@ def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> P
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
-class AtomicTextFile:
-    """A text file written progressively under a temporary name, renamed to ``path`` by
+class AtomicFile:
+    """A file written progressively under a temporary name, renamed to ``path`` by
     :meth:`commit` or deleted by :meth:`discard`; a crash never leaves a partial final file.
+    Text (UTF-8) unless ``binary``.
 
     As a context manager it commits when the block succeeds and discards when it raises.
     """
 
-    def __init__(self, path: str | os.PathLike, newline: str | None = None):
+    def __init__(self, path: str | os.PathLike, newline: str | None = None, binary: bool = False):
         self.path = Path(path)
         self.tmp = temp_path(self.path)
-        self.file = open(self.tmp, "w", encoding="utf-8", newline=newline)  # noqa: SIM115
+        if binary:
+            self.file = open(self.tmp, "wb")  # noqa: SIM115
+        else:
+            self.file = open(self.tmp, "w", encoding="utf-8", newline=newline)  # noqa: SIM115
         self._open = True
 
     def trailer(self) -> str:
@@ -164,12 +170,16 @@ class AtomicTextFile:
         """Finish writing but leave the file under its temporary name (for commit_together)."""
         if self._open:
             self._open = False
-            self.file.write(self.trailer())
+            if self.trailer():
+                self.file.write(self.trailer())
             self.file.close()
         return self.tmp
 
-    def write(self, text: str) -> None:
-        self.file.write(text)
+    def write(self, data) -> int:
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
 
     def commit(self) -> Path:
         if self._open:
@@ -182,7 +192,7 @@ class AtomicTextFile:
             self.file.close()
         self.tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "AtomicTextFile":
+    def __enter__(self) -> "AtomicFile":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -4,13 +4,17 @@ atomically, and instance-id images.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from instseg.io.atomic import atomic_write_bytes
 
@@ -23,6 +27,10 @@ _JPEG_TAIL_BYTES = 4096
 
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+# Larger images are refused before decoding (``INSTSEG.MAX_IMAGE_PIXELS``): a small file can
+# declare a huge size, and decoding it would take gigabytes.
+DEFAULT_MAX_PIXELS = 100_000_000
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
 class ImageReadError(Exception):
@@ -39,7 +47,36 @@ def jpeg_has_end_marker(path: str) -> bool:
     return ", ".join(common) + ", ..."
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def header_size(data: bytes) -> tuple[int | None, int | None, int] | None:
+    """(width, height, pixels) from an image's header, pixels not decoded; None when the
+    format is not one PIL reads headers of (OpenCV may still decode it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                return width, height, width * height
+    except Image.DecompressionBombError as e:  # PIL's own, higher limit: the size is in it
+        found = _BOMB_PIXELS.search(str(e))
+        return (None, None, int(found.group(1))) if found else None
+    except Exception:
+        return None
+
+
+def check_pixel_count(name: str, data: bytes, max_pixels: int) -> None:
+    """Raise ImageReadError when the header declares more than ``max_pixels`` pixels."""
+    size = header_size(data) if max_pixels > 0 else None
+    if size is None or size[2] <= max_pixels:
+        return
+    width, height, pixels = size
+    shape = f"{width}x{height} = " if width is not None else ""
+    raise ImageReadError(
+        f"{name}: {shape}{pixels / 1e6:.0f} megapixels, over the limit of "
+        f"{max_pixels / 1e6:g} (INSTSEG.MAX_IMAGE_PIXELS)"
+    )
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as the model wants it, or say in one line why it cannot be used.
 
     Returns:
@@ -48,9 +85,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         16-bit samples scaled to 8 bits.
 
     Raises:
-        ImageReadError: missing or unreadable file, empty file, truncated JPEG (OpenCV would
-            otherwise decode the part that is there, grey below, and only print a warning), or
-            data that no image decoder recognises.
+        ImageReadError: missing or unreadable file, empty file, more than ``max_pixels``
+            pixels (read from the header; 0: no limit), truncated JPEG (OpenCV would otherwise
+            decode the part that is there, grey below, and only print a warning), or data that
+            no image decoder recognises.
     """
     name = os.fspath(path)
     try:
@@ -59,6 +97,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(f"{name}: cannot read file: {e.strerror or e}") from None
     if not data:
         raise ImageReadError(f"{name}: empty file (0 bytes)")
+    check_pixel_count(name, data, max_pixels)
     if data.startswith(_JPEG_MAGIC) and not jpeg_has_end_marker(name):
         raise ImageReadError(f"{name}: truncated JPEG (no end-of-image marker)")
     try:

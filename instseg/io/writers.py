@@ -11,14 +11,14 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from instseg.io.atomic import AtomicTextFile
+from instseg.io.atomic import AtomicFile
 
 logger = logging.getLogger(__name__)
 
 # The process umask, read once (reading it means setting it).
 
 
-class JsonListWriter(AtomicTextFile):
+class JsonListWriter(AtomicFile):
     """A JSON array written element by element (memory stays flat), atomically.
 
     Each element is on its own line, which :func:`iter_json_list` relies on to read the file
@@ -129,9 +129,9 @@ def read_json_line(path: str | os.PathLike, offset: int) -> object:
         return json.loads(f.readline().strip().removesuffix(b","))
 
 
-class CsvWriter(AtomicTextFile):
+class CsvWriter(AtomicFile):
     """A CSV file with a header row, written row by row and atomically (see
-    :class:`AtomicTextFile`)."""
+    :class:`AtomicFile`)."""
 
     def __init__(self, path: str | os.PathLike, columns: Sequence[str]):
         super().__init__(path, newline="")
