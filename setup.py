@@ -8,8 +8,8 @@ setup(
     python_requires=">=3.10",
     # Detectron2 is not on PyPI: scripts/install_detectron2.py installs it (see README).
     install_requires=[
-        "torch",
-        "torchvision",
+        "torch>=2.14,<2.15",  # as requirements.txt; weights_only loading is explicit anyway
+        "torchvision>=0.29,<0.30",
         "numpy",
         "opencv-python-headless",
         "pycocotools",

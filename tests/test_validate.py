@@ -96,9 +96,15 @@ class DatasetFiles:
                 },
                 # 120x88 rectangle polygon, area 10560: large.
                 _annotation(4, 3, 9, [4, 4, 120, 88], [_rectangle(4, 4, 124, 92)]),
-                # Crowd region given as a polygon (allowed), 20x20, area 400: small.
+                # Crowd region as RLE, 20x20, area 400: small.
                 {
-                    **_annotation(7, 3, 1, [100, 60, 20, 20], [_rectangle(100, 60, 120, 80)]),
+                    **_annotation(
+                        7,
+                        3,
+                        1,
+                        [100, 60, 20, 20],
+                        _uncompressed_rle(_block_mask(LARGE_W, LARGE_H, 100, 60, 120, 80)),
+                    ),
                     "iscrowd": 1,
                 },
                 # 50x50 block as uncompressed RLE, area 2500: medium.
@@ -328,11 +334,11 @@ MALFORMED_CASES = {
         ],
     ),
     "polygon_non_numeric_coordinate": (
-        lambda d: d.annotation(7)["segmentation"][0].__setitem__(3, "60"),
+        lambda d: d.annotation(4)["segmentation"][0].__setitem__(3, "60"),
         [
             (
                 ERROR,
-                '{json}: annotations[4] (id=7).segmentation[0][3]: must be a finite number, got string "60"',
+                '{json}: annotations[3] (id=4).segmentation[0][3]: must be a finite number, got string "60"',
             )
         ],
     ),
@@ -536,6 +542,39 @@ MALFORMED_CASES = {
             (
                 WARNING,
                 "{json}: annotations[3] (id=4): warning: no segmentation; the instance has no mask",
+            )
+        ],
+    ),
+    "background_category_without_annotations": (
+        lambda d: d.coco["categories"].insert(0, {"id": 0, "name": "_background_"}),
+        [
+            (
+                WARNING,
+                "{json}: categories[0] (id=0): warning: category '_background_' has no "
+                "annotations: the model would learn a class without examples; labelling tools "
+                "export '_background_' as a category: remove it, Mask R-CNN has its own "
+                "background class",
+            )
+        ],
+    ),
+    "category_without_annotations": (
+        lambda d: d.coco["categories"].append({"id": 12, "name": "fish"}),
+        [
+            (
+                WARNING,
+                "{json}: categories[3] (id=12): warning: category 'fish' has no annotations: the "
+                "model would learn a class without examples",
+            )
+        ],
+    ),
+    "crowd_region_as_polygons": (
+        lambda d: d.annotation(7).update(segmentation=[_rectangle(100, 60, 120, 80)]),
+        [
+            (
+                WARNING,
+                "{json}: annotations[4] (id=7).segmentation: warning: crowd region given as "
+                "polygons (COCO writes crowd regions as RLE); Detectron2 leaves crowd regions "
+                "out of training",
             )
         ],
     ),

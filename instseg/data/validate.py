@@ -91,6 +91,7 @@ def validate_coco_dataset(
         checker.check_images(sections.get("images"))
         checker.check_annotations(sections.get("annotations"))
         checker.warn_unannotated_images()
+        checker.warn_unused_categories()
         if check_images and "images" in sections:
             checker.check_image_files(os.fspath(image_root))
     problems = checker.problems
@@ -112,6 +113,8 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
         # otherwise, so one broken section does not flag every annotation.
         self.images_by_id: dict[int, _ImageRecord] | None = None
         self.category_ids: set[int] | None = None
+        self.category_labels: dict[int, tuple[str, object]] = {}  # id: (label, name)
+        self.used_category_ids: set = set()
         self.annotated_image_ids: set[int] | None = None
 
     def error(self, where: str, message: str, file: str | None = None) -> None:
@@ -174,6 +177,7 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
                 else:
                     first_index_by_id[category_id] = index
                     self.category_ids.add(category_id)
+                    self.category_labels[category_id] = (label, category.get("name"))
             name = category.get("name")
             if name is None or (isinstance(name, str) and not name.strip()):
                 self.error(label, "category has no name")
@@ -243,6 +247,13 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
                     first_index_by_id[annotation_id] = index
             image = self._check_image_reference(label, annotation)
             self._check_category_reference(label, annotation)
+            self.used_category_ids.add(annotation.get("category_id"))
+            if annotation.get("iscrowd") == 1 and isinstance(annotation.get("segmentation"), list):
+                self.warning(
+                    f"{label}.segmentation",
+                    "crowd region given as polygons (COCO writes crowd regions as RLE); "
+                    "Detectron2 leaves crowd regions out of training",
+                )
             if "bbox" in annotation:
                 self._check_bbox(f"{label}.bbox", annotation["bbox"], image)
             if "segmentation" in annotation:
@@ -268,6 +279,24 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
         for image_id, record in self.images_by_id.items():
             if image_id not in self.annotated_image_ids:
                 self.warning(record.label, "image has no annotations")
+
+    def warn_unused_categories(self) -> None:
+        if self.annotated_image_ids is None:  # the annotations could not be read
+            return
+        for category_id, (label, name) in self.category_labels.items():
+            if category_id in self.used_category_ids:
+                continue
+            hint = ""
+            if str(name).strip("_ ").lower() == "background":
+                hint = (
+                    f"; labelling tools export {name!r} as a category: remove it, Mask R-CNN "
+                    "has its own background class"
+                )
+            self.warning(
+                label,
+                f"category {name!r} has no annotations: the model would learn a class without "
+                f"examples{hint}",
+            )
 
     def check_image_files(self, image_root: str) -> None:
         if not os.path.isdir(image_root):
