@@ -36,6 +36,7 @@ def collect_environment() -> list[tuple[str, str]]:
     from instseg import __version__
     from instseg.config import default_device
     from instseg.engine.evaluator import has_compiled_ops, select_cocoeval_backend
+    from instseg.inference.precision import resolve_precision
 
     rows = [
         ("instseg", __version__),
@@ -57,6 +58,9 @@ def collect_environment() -> list[tuple[str, str]]:
         rows.append(("device", f"cuda ({names}; CUDA {torch.version.cuda})"))
     else:
         rows.append(("device", "cpu (no CUDA device visible)"))
+
+    precision = resolve_precision("auto", device)
+    rows.append(("precision auto", f"{precision.name} ({precision.reason})"))
 
     compiled = has_compiled_ops()
     rows.append(("Detectron2 compiled ops", "present" if compiled else "absent"))

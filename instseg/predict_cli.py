@@ -82,6 +82,11 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
         help="keep only these class names (INSTSEG.PREDICT.CLASSES)",
     )
     parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="network precision (INSTSEG.PREDICT.PRECISION; auto: bf16 on CPUs with AMX)",
+    )
+    parser.add_argument(
         "--draw-score",
         type=float,
         metavar="S",
@@ -201,6 +206,7 @@ _PREDICT_FLAG_KEYS = (
     ("batch_size", "INSTSEG.PREDICT.BATCH_SIZE"),
     ("renderer", "INSTSEG.PREDICT.RENDERER"),
     ("draw_score", "INSTSEG.PREDICT.DRAW_SCORE"),
+    ("precision", "INSTSEG.PREDICT.PRECISION"),
 )
 
 

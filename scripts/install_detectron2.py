@@ -55,7 +55,9 @@ def install_from_source(source: str) -> None:
         pip("wheel", "--no-build-isolation", "--no-deps", "--wheel-dir", str(tmp_dir), target)
         (wheel,) = tmp_dir.glob("detectron2-*.whl")
         (tmp_dir / "packed").mkdir()
-        pip("install", "--force-reinstall", str(strip_wheel(wheel, tmp_dir / "packed", pure=False)))
+        packed = str(strip_wheel(wheel, tmp_dir / "packed", pure=False))
+        pip("install", "--no-deps", "--force-reinstall", packed)
+        pip("install", packed)  # its missing dependencies; installed pins stay as they are
 
 
 def strip_wheel(wheel: Path, out_dir: Path, pure: bool = True) -> Path:

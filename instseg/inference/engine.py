@@ -46,6 +46,7 @@ OPTION_KEYS = {
     "classes": "INSTSEG.PREDICT.CLASSES",
     "renderer": "INSTSEG.PREDICT.RENDERER",
     "draw_score": "INSTSEG.PREDICT.DRAW_SCORE",
+    "precision": "INSTSEG.PREDICT.PRECISION",
 }
 
 

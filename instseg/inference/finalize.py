@@ -53,7 +53,10 @@ def finalize(
     streams = [_part_records(path) for path in part_files] + [_carried_records(job)]
     merged = heapq.merge(*streams, key=lambda record: record["index"])
     result = PredictResult(output_dir=str(output_dir), total=job.total)
-    info = {"description": "instseg predict: the images of predictions.json"}
+    info = {
+        "description": "instseg predict: the images of predictions.json",
+        "precision": job.precision,
+    }
     tasks_by_index = {task.index: task for task in job.tasks}
     predictions = JsonListWriter(output_dir / PREDICTIONS_FILE)
     images = JsonListWriter(

@@ -170,6 +170,7 @@ class Job:
     category_ids: list[int]  # output category id of each contiguous class
     progress: bool
     log_level: int
+    precision: str = "fp32"  # what the network runs in (recorded in images.json's info)
 
     @property
     def parts_dir(self) -> Path:

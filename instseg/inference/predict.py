@@ -90,6 +90,7 @@ from instseg.inference.launcher import run_sharded, shard
 from instseg.inference.output_dir import OutputLock, check_output_dir
 from instseg.inference.output_plan import check_output_paths, plan_outputs
 from instseg.inference.pipeline import STAGES, Pipeline
+from instseg.inference.precision import resolve_precision
 from instseg.inference.predictor import BatchPredictor, class_filter
 from instseg.inference.resume import load_prior, outputs_exist
 from instseg.inference.sources import Source, SourceError, resolve_source
@@ -182,6 +183,7 @@ def _plan_job(
         config_digest=digest,
         categories=categories,
         category_ids=[c["id"] for c in categories],
+        precision=resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE).name,
         progress=options.progress,
         log_level=logging.getLogger("instseg").getEffectiveLevel(),
     )
@@ -219,6 +221,7 @@ def _check_cfg(cfg: CfgNode, options: PredictOptions) -> None:
     except ValueError as e:
         raise ConfigError(f"INSTSEG.PREDICT.RENDERER: {e}") from None
     class_filter(cfg)
+    resolve_precision(predict.PRECISION, cfg.MODEL.DEVICE)
     check_weights(cfg.MODEL.WEIGHTS)
     if options.num_workers > 1 and str(cfg.MODEL.DEVICE).startswith("cuda"):
         available = torch.cuda.device_count()

@@ -16,10 +16,12 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 
 from instseg.config import ConfigError, build_cfg, load_config_yaml
 from instseg.engine.checkpoints import FinetuneCheckpointer, resolve_weights
+from instseg.inference.precision import resolve_precision, to_fp32
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ class BatchPredictor(DefaultPredictor):
         super().__init__(unloaded)
         self.cfg = cfg.clone()
         FinetuneCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        self.precision = resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE)
+        logger.info("Inference precision: %s (%s)", self.precision.name, self.precision.reason)
         if cfg.INSTSEG.PREDICT.OPTIMIZE_MODEL:
             optimize_for_inference(self.model)
 
@@ -82,9 +86,20 @@ class BatchPredictor(DefaultPredictor):
                 item = inputs[i].as_dict()
                 item["image"] = item["image"].to(device)
                 batch.append(item)
-            for i, output in zip(indices, self.model(batch), strict=True):
-                results[i] = output["instances"].to("cpu")
+            for i, output in zip(indices, self._forward(batch), strict=True):
+                results[i] = output.to("cpu")
         return results
+
+    def _forward(self, batch: list[dict]) -> list[Instances]:
+        if self.precision.dtype is None:
+            return [output["instances"] for output in self.model(batch)]
+        # The network under autocast; rescaling, mask pasting and thresholding in fp32.
+        with self.precision.autocast():
+            raw = self.model.inference(batch, do_postprocess=False)
+        return [
+            detector_postprocess(to_fp32(r), item["height"], item["width"])
+            for r, item in zip(raw, batch, strict=True)
+        ]
 
 
 def fold_norms(model: torch.nn.Module) -> int:

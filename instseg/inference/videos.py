@@ -20,6 +20,7 @@ from instseg.engine.checkpoints import check_weights
 from instseg.inference.launcher import run_sharded, shard
 from instseg.inference.output_dir import OutputLock
 from instseg.inference.output_plan import check_output_paths, plan_outputs
+from instseg.inference.precision import resolve_precision
 from instseg.inference.predictor import BatchPredictor, class_filter
 from instseg.inference.video import VideoResult, build_pipeline, predict_video
 from instseg.inference.video_options import VideoOptions
@@ -80,6 +81,7 @@ def predict_videos(
     check_output_paths(output_dir, [n for o in plan for n in o.values()], paths)
     VideoOptions.from_cfg(cfg)  # config errors before the model loads
     class_filter(cfg)
+    resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE)
     check_weights(cfg.MODEL.WEIGHTS)
     job = _VideosJob(
         cfg=cfg,

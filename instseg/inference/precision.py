@@ -1,0 +1,96 @@
+"""Inference precision (``INSTSEG.PREDICT.PRECISION``): fp32, or bf16/fp16 autocast for the
+network, with everything after it in fp32.
+
+On a CPU with matrix units for bf16 (AMX, AVX512-BF16), oneDNN runs bf16 convolutions several
+times faster than fp32 ones, which are already at the CPU's fp32 peak; on CUDA, half precision is
+the usual speed-up. Only the network runs under autocast: box decoding is fp32 in Detectron2
+itself (``Box2BoxTransform.apply_deltas``), and rescaling, mask pasting and thresholding
+(``detector_postprocess``) run here on fp32 copies of the outputs, where bf16 coordinates would
+be pixels off on a large image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+from detectron2.structures import Boxes, Instances
+
+from instseg.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The precision inference runs in, and why it was chosen."""
+
+    name: str  # fp32, bf16 or fp16
+    device_type: str  # "cpu" or "cuda"
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return _DTYPES.get(self.name)
+
+    def autocast(self):
+        """The context the network runs in (nothing for fp32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def cpu_fast_bf16() -> tuple[bool, str]:
+    """Whether this CPU runs bf16 convolutions fast, as torch sees it: oneDNN with bf16 support
+    and AMX tiles it could enable (``_init_amx`` is torch's own check, private, used only here)."""
+    if not torch.backends.mkldnn.is_available():
+        return False, "oneDNN is not available"
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False, "oneDNN has no bf16 support on this CPU"
+    amx = getattr(torch._C._cpu, "_init_amx", None)
+    if amx is None or not amx():
+        return False, "no AMX tiles for bf16 (emulated bf16 would be slower than fp32)"
+    return True, f"oneDNN bf16 with AMX ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def resolve_precision(name: str, device: str) -> Precision:
+    """``INSTSEG.PREDICT.PRECISION`` for ``MODEL.DEVICE``; auto never picks a precision the device
+    would run slower or lacks, forced ones are refused where the device cannot run them."""
+    key = str(name).strip().lower()
+    if key not in PRECISIONS:
+        raise ConfigError(
+            f"INSTSEG.PREDICT.PRECISION must be one of {', '.join(PRECISIONS)}, got {name!r}"
+        )
+    device_type = "cuda" if str(device).startswith("cuda") else "cpu"
+    if device_type == "cuda":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if key == "auto":
+            if bf16:
+                return Precision("bf16", "cuda", "CUDA device with bf16")
+            return Precision("fp16", "cuda", "CUDA device without bf16: fp16")
+        if key == "bf16" and not bf16:
+            raise ConfigError("INSTSEG.PREDICT.PRECISION bf16: this CUDA device has no bf16")
+        return Precision(key, "cuda", "as configured")
+    fast, why = cpu_fast_bf16()
+    if key == "auto":
+        return Precision("bf16" if fast else "fp32", "cpu", why)
+    if key == "fp16" and not torch.ops.mkldnn._is_mkldnn_fp16_supported():
+        raise ConfigError("INSTSEG.PREDICT.PRECISION fp16: oneDNN has no fp16 on this CPU")
+    if key == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise ConfigError("INSTSEG.PREDICT.PRECISION bf16: oneDNN has no bf16 on this CPU")
+    return Precision(key, "cpu", "as configured")
+
+
+def to_fp32(instances: Instances) -> Instances:
+    """The network's raw outputs with floating fields in fp32, for fp32 post-processing."""
+    for name, value in instances.get_fields().items():
+        if isinstance(value, Boxes) and value.tensor.is_floating_point():
+            instances.set(name, Boxes(value.tensor.float()))
+        elif isinstance(value, torch.Tensor) and value.is_floating_point():
+            instances.set(name, value.float())
+    return instances
