@@ -87,7 +87,7 @@ def add_instseg_config(cfg: CfgNode) -> None:
     _C.INSTSEG.PREDICT.OPTIMIZE_MODEL = True
     # Precision of the network at inference: fp32, bf16, fp16, or auto (bf16 on a CPU with
     # AMX and on CUDA devices with bf16, fp16 on other CUDA devices, fp32 otherwise). Box
-    # decoding, mask pasting and thresholding stay fp32 (instseg.inference.precision).
+    # decoding, mask pasting and thresholding stay fp32 (instseg.engine.precision).
     _C.INSTSEG.PREDICT.PRECISION = "fp32"
     # Draw annotated images / videos.
     _C.INSTSEG.PREDICT.RENDER = True

@@ -36,7 +36,7 @@ def collect_environment() -> list[tuple[str, str]]:
     from instseg import __version__
     from instseg.config import default_device
     from instseg.engine.evaluator import has_compiled_ops, select_cocoeval_backend
-    from instseg.inference.precision import resolve_precision
+    from instseg.engine.precision import resolve_precision
 
     rows = [
         ("instseg", __version__),

@@ -74,6 +74,7 @@ def training_iteration_s(work: Path) -> float:
         "INSTSEG.DATASETS.TRAIN.NAME", "bench_check_train",
         "INSTSEG.DATASETS.TRAIN.JSON", str(sample.train_json),
         "INSTSEG.DATASETS.TRAIN.IMAGES", str(sample.train_images),
+        "INSTSEG.DATASETS.VAL.NAME", "",
         "SOLVER.MAX_ITER", "12", "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "1000",
         "INSTSEG.TRAIN.PLOT_CURVES", "False", "MODEL.DEVICE", "cpu",
         "OUTPUT_DIR", str(work / "train"),

@@ -125,3 +125,19 @@ def test_cli_eval_prints_the_ap_table(trained_run, dataset_names, tmp_path):
     for name in CLASS_NAMES:
         assert any(line.strip("| ").startswith(name) for line in done.stdout.splitlines()), name
     assert f"results: {results_path}" in done.stdout
+
+
+def test_bf16_evaluation_is_close_to_fp32(evaluation, trained_run, tmp_path):
+    """The network in bf16 (post-processing in fp32) scores about what fp32 scores; the test
+    model is barely trained, so the bound is loose here (scripts/bench_precision.py measures a
+    trained one)."""
+    fp32 = evaluation[0]
+    request = EvalRequest(
+        config_files=[str(trained_run / "config.yaml")],
+        weights=str(trained_run / "model_final.pth"),
+        opts=[*KEEP_ALL_DETECTIONS, "INSTSEG.PREDICT.PRECISION", "bf16"],
+        output_dir=str(tmp_path),
+    )
+    bf16, _ = run_evaluation(request)
+    for task in ("bbox", "segm"):
+        assert abs(bf16[task]["AP"] - fp32[task]["AP"]) < 3.0, task

@@ -8,8 +8,8 @@ import torch
 from detectron2.structures import pairwise_iou
 
 from instseg.config import ConfigError
-from instseg.inference import precision as precision_module
-from instseg.inference.precision import resolve_precision
+from instseg.engine import precision as precision_module
+from instseg.engine.precision import resolve_precision
 from instseg.inference.predictor import BatchPredictor, load_model_config
 from instseg.io.images import read_image
 

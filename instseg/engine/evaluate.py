@@ -111,6 +111,7 @@ def run_evaluation(request: EvalRequest) -> tuple[dict, Path]:
     from instseg.config import ConfigError, build_cfg
     from instseg.data.catalog import register_datasets
     from instseg.engine.checkpoints import FinetuneCheckpointer
+    from instseg.engine.precision import PrecisionModel, resolve_precision
     from instseg.engine.trainer import Trainer
 
     cfg = register_datasets(build_cfg(request.config_files, request.opts))
@@ -122,9 +123,10 @@ def run_evaluation(request: EvalRequest) -> tuple[dict, Path]:
         )
     output_dir = Path(request.output_dir or Path(request.weights).resolve().parent)
     model = Trainer.build_model(cfg)
-    incompatible = FinetuneCheckpointer(model).load(request.weights)
-    logger.info("Evaluating %s on %s", request.weights, dataset)
-    del incompatible
+    FinetuneCheckpointer(model).load(request.weights)
+    precision = resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE)
+    logger.info("Evaluating %s on %s in %s", request.weights, dataset, precision.name)
+    model = PrecisionModel(model, precision)
     evaluator = InstsegCOCOEvaluator(dataset, output_dir=str(output_dir / f"inference_{dataset}"))
     results = Trainer.test(cfg, model, evaluators=[evaluator])
     path = write_results_json(results, output_dir / f"eval_{dataset}.json")

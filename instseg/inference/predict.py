@@ -69,6 +69,7 @@ from detectron2.utils import comm
 from instseg.config import ConfigError
 from instseg.data.catalog import build_metadata
 from instseg.engine.checkpoints import check_weights
+from instseg.engine.precision import resolve_precision
 from instseg.inference.finalize import finalize
 from instseg.inference.frames import image_frame
 from instseg.inference.image_ids import assign_ids
@@ -90,7 +91,6 @@ from instseg.inference.launcher import run_sharded, shard
 from instseg.inference.output_dir import OutputLock, check_output_dir
 from instseg.inference.output_plan import check_output_paths, plan_outputs
 from instseg.inference.pipeline import STAGES, Pipeline
-from instseg.inference.precision import resolve_precision
 from instseg.inference.predictor import BatchPredictor, class_filter
 from instseg.inference.resume import load_prior, outputs_exist
 from instseg.inference.sources import Source, SourceError, resolve_source

@@ -16,12 +16,11 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
-from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 
 from instseg.config import ConfigError, build_cfg, load_config_yaml
 from instseg.engine.checkpoints import FinetuneCheckpointer, resolve_weights
-from instseg.inference.precision import resolve_precision, to_fp32
+from instseg.engine.precision import PrecisionModel, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +55,7 @@ class BatchPredictor(DefaultPredictor):
         FinetuneCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         self.precision = resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE)
         logger.info("Inference precision: %s (%s)", self.precision.name, self.precision.reason)
+        self.network = PrecisionModel(self.model, self.precision)
         if cfg.INSTSEG.PREDICT.OPTIMIZE_MODEL:
             optimize_for_inference(self.model)
 
@@ -86,20 +86,9 @@ class BatchPredictor(DefaultPredictor):
                 item = inputs[i].as_dict()
                 item["image"] = item["image"].to(device)
                 batch.append(item)
-            for i, output in zip(indices, self._forward(batch), strict=True):
-                results[i] = output.to("cpu")
+            for i, output in zip(indices, self.network(batch), strict=True):
+                results[i] = output["instances"].to("cpu")
         return results
-
-    def _forward(self, batch: list[dict]) -> list[Instances]:
-        if self.precision.dtype is None:
-            return [output["instances"] for output in self.model(batch)]
-        # The network under autocast; rescaling, mask pasting and thresholding in fp32.
-        with self.precision.autocast():
-            raw = self.model.inference(batch, do_postprocess=False)
-        return [
-            detector_postprocess(to_fp32(r), item["height"], item["width"])
-            for r, item in zip(raw, batch, strict=True)
-        ]
 
 
 def fold_norms(model: torch.nn.Module) -> int:

@@ -17,10 +17,10 @@ from pathlib import Path
 from detectron2.config import CfgNode
 
 from instseg.engine.checkpoints import check_weights
+from instseg.engine.precision import resolve_precision
 from instseg.inference.launcher import run_sharded, shard
 from instseg.inference.output_dir import OutputLock
 from instseg.inference.output_plan import check_output_paths, plan_outputs
-from instseg.inference.precision import resolve_precision
 from instseg.inference.predictor import BatchPredictor, class_filter
 from instseg.inference.video import VideoResult, build_pipeline, predict_video
 from instseg.inference.video_options import VideoOptions

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 from instseg.config import ConfigError
@@ -94,3 +95,27 @@ def to_fp32(instances: Instances) -> Instances:
         elif isinstance(value, torch.Tensor) and value.is_floating_point():
             instances.set(name, value.float())
     return instances
+
+
+class PrecisionModel(torch.nn.Module):
+    """A Detectron2 meta-architecture whose network runs in ``precision`` and whose
+    post-processing (rescaling, mask pasting and thresholding) runs in fp32; in fp32 it is the
+    model itself. Same inputs and outputs as the model in eval mode, so the predictor and
+    Detectron2's ``inference_on_dataset`` both take it."""
+
+    def __init__(self, model: torch.nn.Module, precision: Precision) -> None:
+        super().__init__()
+        self.model = model
+        self.precision = precision
+
+    def forward(self, batched_inputs: list[dict]) -> list[dict]:
+        if self.precision.dtype is None:
+            return self.model(batched_inputs)
+        with self.precision.autocast():
+            raw = self.model.inference(batched_inputs, do_postprocess=False)
+        outputs = []
+        for r, item in zip(raw, batched_inputs, strict=True):
+            height = item.get("height", r.image_size[0])
+            width = item.get("width", r.image_size[1])
+            outputs.append({"instances": detector_postprocess(to_fp32(r), height, width)})
+        return outputs
