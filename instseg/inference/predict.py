@@ -68,7 +68,6 @@ from detectron2.utils import comm
 
 from instseg.config import ConfigError
 from instseg.data.catalog import build_metadata
-from instseg.engine.checkpoints import check_weights
 from instseg.engine.precision import resolve_precision
 from instseg.inference.finalize import finalize
 from instseg.inference.frames import image_frame
@@ -91,7 +90,7 @@ from instseg.inference.launcher import run_sharded, shard
 from instseg.inference.output_dir import OutputLock, check_output_dir
 from instseg.inference.output_plan import check_output_paths, plan_outputs
 from instseg.inference.pipeline import STAGES, Pipeline
-from instseg.inference.predictor import BatchPredictor, class_filter
+from instseg.inference.predictor import BatchPredictor, check_model_cfg, class_filter
 from instseg.inference.resume import load_prior, outputs_exist
 from instseg.inference.sources import Source, SourceError, resolve_source
 from instseg.inference.video_options import resolve_renderer_name
@@ -220,9 +219,7 @@ def _check_cfg(cfg: CfgNode, options: PredictOptions) -> None:
         build_renderer(resolve_renderer_name(predict.RENDERER, video=False), None)
     except ValueError as e:
         raise ConfigError(f"INSTSEG.PREDICT.RENDERER: {e}") from None
-    class_filter(cfg)
-    resolve_precision(predict.PRECISION, cfg.MODEL.DEVICE)
-    check_weights(cfg.MODEL.WEIGHTS)
+    check_model_cfg(cfg)
     if options.num_workers > 1 and str(cfg.MODEL.DEVICE).startswith("cuda"):
         available = torch.cuda.device_count()
         if options.num_workers > available:

@@ -19,7 +19,7 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.structures import Instances
 
 from instseg.config import ConfigError, build_cfg, load_config_yaml
-from instseg.engine.checkpoints import FinetuneCheckpointer, resolve_weights
+from instseg.engine.checkpoints import FinetuneCheckpointer, check_weights, resolve_weights
 from instseg.engine.precision import PrecisionModel, resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -164,6 +164,14 @@ def load_model_config(
     cfg.MODEL.WEIGHTS = resolve_weights(cfg.MODEL.WEIGHTS)
     cfg.freeze()
     return cfg
+
+
+def check_model_cfg(cfg: CfgNode) -> None:
+    """What a job checks about the model before it writes anything (the model itself loads
+    later, in each process): the class filter, the precision and the checkpoint's contents."""
+    class_filter(cfg)
+    resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE)
+    check_weights(cfg.MODEL.WEIGHTS)
 
 
 def class_filter(cfg: CfgNode) -> list[int] | None:

@@ -16,12 +16,10 @@ from pathlib import Path
 
 from detectron2.config import CfgNode
 
-from instseg.engine.checkpoints import check_weights
-from instseg.engine.precision import resolve_precision
 from instseg.inference.launcher import run_sharded, shard
 from instseg.inference.output_dir import OutputLock
 from instseg.inference.output_plan import check_output_paths, plan_outputs
-from instseg.inference.predictor import BatchPredictor, class_filter
+from instseg.inference.predictor import BatchPredictor, check_model_cfg
 from instseg.inference.video import VideoResult, build_pipeline, predict_video
 from instseg.inference.video_options import VideoOptions
 from instseg.io.atomic import atomic_path
@@ -80,9 +78,7 @@ def predict_videos(
     plan = plan_outputs(rels, [("video", "predictions")] * len(paths), reserved=(CONFIG_FILE,))
     check_output_paths(output_dir, [n for o in plan for n in o.values()], paths)
     VideoOptions.from_cfg(cfg)  # config errors before the model loads
-    class_filter(cfg)
-    resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE)
-    check_weights(cfg.MODEL.WEIGHTS)
+    check_model_cfg(cfg)
     job = _VideosJob(
         cfg=cfg,
         paths=paths,
