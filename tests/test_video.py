@@ -502,3 +502,17 @@ def test_several_videos_on_the_command_line(model_files, tmp_path):
     for name in ("v1", "v2"):
         assert len(read_jsonl(tmp_path / "out" / f"{name}.predictions.jsonl")) == 2
     assert "DEVICE: cpu" in (tmp_path / "out" / "config.yaml").read_text()
+
+
+def test_videos_shared_among_two_processes(make_cfg, tmp_path):
+    """Two processes (Detectron2's launch, gloo) take a video each; results come back in order."""
+    paths = [make_clip(tmp_path / f"v{i}.mp4", n=2) for i in (1, 2)]
+    out = tmp_path / "out"
+    results = predict_videos(make_cfg(), paths, out, progress=False, num_workers=2)
+    assert [r.source for r in results] == paths
+    assert [r.ok and r.frames == 2 for r in results] == [True, True]
+    for name in ("v1", "v2"):
+        assert len(read_jsonl(out / f"{name}.predictions.jsonl")) == 2
+        assert open_video(out / f"{name}.mp4").frame_count == 2
+    assert (out / "config.yaml").is_file()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".instseg-videos")]

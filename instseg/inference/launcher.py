@@ -60,6 +60,10 @@ def _entry(worker, job, summary_file) -> None:
         path = summary_file(job)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary), encoding="utf-8")
+    # Leave together, and take the process group down before exiting: a rank that exits while
+    # gloo still has work in flight with another can abort ("terminate called ...").
+    comm.synchronize()
+    torch.distributed.destroy_process_group()
 
 
 def _setup_worker(job) -> None:
