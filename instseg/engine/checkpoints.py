@@ -139,14 +139,20 @@ def check_weights(path: str) -> None:
     if path.endswith(".pkl"):
         check_pkl_is_data(path)
         return
+    load_tensors(path, mmap=True)
+
+
+def load_tensors(path, mmap: bool = False):
+    """``torch.load(weights_only=True)`` on the CPU, failures as one WeightsError line; with
+    ``mmap``, tensors stay on disk (None for a legacy, non-zip file, which cannot be mapped)."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         reason = " ".join(str(e).split())[:200]
         raise WeightsError(f"{path}: not a checkpoint of plain tensors ({reason})") from None
-    except (EOFError, RuntimeError, ValueError, OSError) as e:
-        if isinstance(e, RuntimeError) and "mmap" in str(e):  # a legacy, non-zip checkpoint
-            return
+    except (EOFError, RuntimeError, ValueError, OSError) as e:  # empty, cut short, not torch
+        if mmap and isinstance(e, RuntimeError) and "mmap" in str(e):
+            return None
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         raise WeightsError(f"{path}: not a readable checkpoint ({reason})") from None
 
@@ -185,14 +191,7 @@ class FinetuneCheckpointer(DetectionCheckpointer):
         return super()._load_file(filename)
 
     def _torch_load(self, f):
-        try:
-            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
-        except pickle.UnpicklingError as e:
-            reason = " ".join(str(e).split())[:200]
-            raise WeightsError(f"{f}: not a checkpoint of plain tensors ({reason})") from None
-        except (EOFError, RuntimeError, ValueError, OSError) as e:  # empty, cut short, not torch
-            reason = " ".join(str(e).split())[:200] or type(e).__name__
-            raise WeightsError(f"{f}: not a readable checkpoint ({reason})") from None
+        return load_tensors(f)
 
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)
