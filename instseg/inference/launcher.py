@@ -5,9 +5,12 @@ of the job; rank 0 reports the result."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
+import multiprocessing
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,10 +67,20 @@ def _entry(worker, job, summary_file) -> None:
     # gloo still has work in flight with another can abort ("terminate called ...").
     comm.synchronize()
     torch.distributed.destroy_process_group()
+    if multiprocessing.parent_process() is not None:
+        # Everything this worker owes is written; skip the interpreter's teardown, where native
+        # threads (FFmpeg's, gloo's) have aborted a finished worker on a busy machine.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _setup_worker(job) -> None:
     from detectron2.utils.logger import setup_logger
+
+    # A native crash in a worker prints every thread's Python stack instead of a bare signal.
+    faulthandler.enable()
 
     # Rank 0 logs like the parent; the others only warnings (bad inputs), on the same stdout.
     setup_logger(name="instseg", abbrev_name="instseg", configure_stdout=True).setLevel(
