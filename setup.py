@@ -19,6 +19,7 @@ setup(
         "matplotlib",
         "av",
         "faster-coco-eval",
+        "iterative-stratification",  # stratified dataset splits
     ],
     extras_require={"test": ["pytest", "ruff"]},
     entry_points={"console_scripts": ["instseg = instseg.cli:main"]},
