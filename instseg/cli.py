@@ -6,6 +6,7 @@ import logging
 import sys
 import warnings
 
+from instseg.dataset_cli import add_dataset_command
 from instseg.predict_cli import add_predict_command
 
 logger = logging.getLogger("instseg")
@@ -58,99 +59,6 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     from instseg.config import build_cfg
 
     print(build_cfg(args.config, args.opts).dump(), end="")
-    return 0
-
-
-def cmd_dataset_validate(args: argparse.Namespace) -> int:
-    from instseg.data.validate import has_errors, validate_coco_dataset
-
-    problems = validate_coco_dataset(args.json, args.images)
-    for problem in problems:
-        print(problem)
-    errors = sum(p.severity == "error" for p in problems)
-    print(f"{args.json}: {errors} error(s), {len(problems) - errors} warning(s)")
-    return 1 if has_errors(problems) else 0
-
-
-def cmd_dataset_stats(args: argparse.Namespace) -> int:
-    from instseg.data.stats import format_dataset_stats, load_dataset_stats
-
-    print(format_dataset_stats(load_dataset_stats(args.json)))
-    return 0
-
-
-def cmd_dataset_sample(args: argparse.Namespace) -> int:
-    from instseg.data.sample_data import write_sample_dataset
-
-    kwargs = {"seed": args.seed}
-    if args.num_train is not None:
-        kwargs["num_train"] = args.num_train
-    if args.num_val is not None:
-        kwargs["num_val"] = args.num_val
-    sample = write_sample_dataset(args.out, **kwargs)
-    print(f"train: {sample.train_json} ({sample.train_images})")
-    print(f"val:   {sample.val_json} ({sample.val_images})")
-    print(f"classes: {', '.join(sample.class_names)}")
-    return 0
-
-
-def cmd_dataset_merge(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from instseg.data.merge import merge_coco
-    from instseg.errors import ConfigError
-    from instseg.io.atomic import atomic_write_json
-
-    out = Path(args.out)
-    if any(out.resolve() == Path(p).resolve() for p in args.json):
-        raise ConfigError(f"{out}: --out is one of the inputs; write the merge to a new file")
-    merged = merge_coco(args.json, args.prefix or None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, merged.coco)
-    for path, images, instances in merged.counts:
-        print(f"{path}: {images} images, {instances} instances")
-    per_class = ", ".join(f"{name} {count}" for name, count in merged.per_class().items())
-    coco = merged.coco
-    print(f"{out}: {len(coco['images'])} images, {len(coco['annotations'])} instances")
-    print(f"classes: {per_class}")
-    return 0
-
-
-def cmd_dataset_split(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from instseg.data.split import split_coco, split_config_yaml
-    from instseg.errors import ConfigError
-    from instseg.io.atomic import atomic_write_json, atomic_write_text
-
-    if args.config_out and not args.images:
-        raise ConfigError("--config-out needs --images (the image root the splits share)")
-    result = split_coco(args.json, val=args.val, test=args.test, seed=args.seed)
-    out = Path(args.out)
-    files = {split: out / f"{split}.json" for split in result.parts}
-    targets = [*files.values(), *([Path(args.config_out)] if args.config_out else [])]
-    for path in targets:
-        if path.resolve() == Path(args.json).resolve():
-            raise ConfigError(f"{path}: would overwrite the input; choose another --out")
-        if path.exists() and not args.overwrite:
-            raise ConfigError(f"{path}: exists; pass --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    for split, path in files.items():
-        atomic_write_json(path, result.parts[split])
-    counts = result.counts()
-    names = list(result.class_names.values())
-    width = max(len("class"), *(len(n) for n in names))
-    print(f"{'':{width}}  " + "  ".join(f"{split:>7}" for split in counts))
-    print(f"{'images':{width}}  " + "  ".join(f"{n:>7}" for n, _ in counts.values()))
-    for name in names:
-        print(f"{name:{width}}  " + "  ".join(f"{c[name]:>7}" for _, c in counts.values()))
-    for path in files.values():
-        print(f"wrote {path}")
-    if args.config_out:
-        config = Path(args.config_out)
-        config.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(config, split_config_yaml(files, args.images, Path(args.json).stem))
-        print(f"wrote {config}")
     return 0
 
 
@@ -227,47 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(show)
     show.set_defaults(func=cmd_config_show)
 
-    dataset = commands.add_parser(
-        "dataset", help="check, summarise, split, merge or generate COCO datasets"
-    )
-    dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True)
-    validate = dataset_commands.add_parser("validate", help="report every problem in a dataset")
-    validate.add_argument("--json", required=True, help="COCO instances JSON")
-    validate.add_argument("--images", required=True, help="image root folder")
-    validate.set_defaults(func=cmd_dataset_validate)
-    stats = dataset_commands.add_parser("stats", help="per-class counts and object sizes")
-    stats.add_argument("--json", required=True, help="COCO instances JSON")
-    stats.set_defaults(func=cmd_dataset_stats)
-    sample = dataset_commands.add_parser("sample", help="write the built-in sample dataset")
-    sample.add_argument("--out", required=True, help="output folder")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--num-train", type=int, default=None)
-    sample.add_argument("--num-val", type=int, default=None)
-    sample.set_defaults(func=cmd_dataset_sample)
-    merge = dataset_commands.add_parser(
-        "merge", help="merge COCO JSONs: categories by name, ids renumbered"
-    )
-    merge.add_argument("json", nargs="+", metavar="JSON", help="COCO instances JSON files")
-    merge.add_argument("--out", required=True, help="merged COCO JSON to write")
-    merge.add_argument(
-        "--prefix",
-        action="append",
-        metavar="FOLDER",
-        help="folder prepended to one input's file names; once per input, in order",
-    )
-    merge.set_defaults(func=cmd_dataset_merge)
-    split = dataset_commands.add_parser(
-        "split", help="split a COCO JSON into train/val(/test), stratified by class"
-    )
-    split.add_argument("--json", required=True, help="COCO instances JSON to split")
-    split.add_argument("--out", required=True, help="folder for train.json, val.json (test.json)")
-    split.add_argument("--val", type=float, default=0.2, help="val fraction (default: %(default)s)")
-    split.add_argument("--test", type=float, default=0.0, help="test fraction (default: none)")
-    split.add_argument("--seed", type=int, default=0, help="same seed, same files")
-    split.add_argument("--images", help="image root, for --config-out")
-    split.add_argument("--config-out", metavar="FILE", help="write a project YAML declaring them")
-    split.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    split.set_defaults(func=cmd_dataset_split)
+    add_dataset_command(commands)
 
     train = commands.add_parser("train", help="fine-tune Mask R-CNN on the config's datasets")
     train.add_argument("--output", help="run folder (OUTPUT_DIR)")

@@ -18,7 +18,7 @@ ALLOWED = {
     "engine": {"errors", "io", "config", "data", "viz"},
     "inference": {"errors", "io", "config", "data", "viz", "engine"},
 }
-APPS = {"cli", "predict_cli", "demo", "doctor", "__init__"}
+APPS = {"cli", "predict_cli", "dataset_cli", "demo", "doctor", "__init__"}
 MAX_LINES = 400
 
 

@@ -31,6 +31,7 @@ class CocoCategories:
 
     ids: tuple[int, ...]
     names: tuple[str, ...]
+    has_rle: bool = False  # some instance masks are RLE, which INPUT.MASK_FORMAT polygon rejects
 
     @property
     def id_to_contiguous(self) -> dict[int, int]:
@@ -41,9 +42,14 @@ def load_coco_categories(json_path: str | os.PathLike) -> CocoCategories:
     """Read only what registration needs; bad files are one-line errors naming the file."""
     try:
         with open(json_path, encoding="utf-8") as f:
-            categories = json.load(f)["categories"]
-        ordered = sorted(categories, key=lambda c: c["id"])
-        return CocoCategories(tuple(c["id"] for c in ordered), tuple(c["name"] for c in ordered))
+            coco = json.load(f)
+        ordered = sorted(coco["categories"], key=lambda c: c["id"])
+        has_rle = any(
+            isinstance(a, dict) and isinstance(a.get("segmentation"), dict)
+            for a in coco.get("annotations") or []
+        )
+        ids, names = tuple(c["id"] for c in ordered), tuple(c["name"] for c in ordered)
+        return CocoCategories(ids, names, has_rle)
     except FileNotFoundError:
         raise ConfigError(f"{json_path}: dataset JSON not found") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
@@ -123,6 +129,10 @@ def register_datasets(cfg: CfgNode) -> CfgNode:
         )
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(classes)
     cfg.INSTSEG.THING_CLASSES = classes
+    rle = [declared[split].JSON for split, c in found.items() if c.has_rle]
+    if rle and cfg.INPUT.MASK_FORMAT == "polygon":
+        logger.info("INPUT.MASK_FORMAT bitmask: %s holds RLE masks", rle[0])
+        cfg.INPUT.MASK_FORMAT = "bitmask"
     cfg.freeze()
     return cfg
 
