@@ -1,7 +1,7 @@
 """Building a COCO instances JSON from converted annotations, and the record of what was dropped.
 
-Polygons stay polygons (editable, exact); shapes that are pixel masks by nature (labelme's
-circles and masks) become compressed RLE. ``area`` and ``bbox`` come from the mask either way,
+Polygons stay polygons (editable, exact; circles and ellipses become polygons too); shapes that
+are pixel masks by nature (labelme's mask shapes) become compressed RLE. ``area`` and ``bbox`` come from the mask either way,
 through pycocotools, so they agree with what COCO evaluation and Detectron2 read.
 """
 
@@ -50,11 +50,11 @@ class CocoBuilder:
     def __post_init__(self) -> None:
         self._names = list(self.class_names or [])
 
-    def category_id(self, name: str) -> int | None:
-        """The id for ``name``; None when the class list is fixed and does not hold it."""
+    def category_id(self, name: str) -> int:
+        """The id for ``name``; :class:`ShapeError` when the class list is fixed without it."""
         if name not in self._names:
             if self.class_names is not None:
-                return None
+                raise ShapeError(f"class {name!r} is not in --classes")
             self._names.append(name)
         return self._names.index(name) + 1
 

@@ -59,8 +59,9 @@ def convert_dataset(
 
         if images:
             raise ConfigError("--images does not apply to YOLO: images are under SRC/images")
-        builder = CocoBuilder(classes or yolo_class_names(src))
-        root = convert_yolo(src, builder, yolo_class_names(src))
+        names = yolo_class_names(src)
+        builder = CocoBuilder(classes or names)
+        root = convert_yolo(src, builder, names)
     coco = builder.coco()
     if not coco["images"]:
         reasons = "; ".join(str(d) for d in builder.dropped[:3])

@@ -73,8 +73,6 @@ def _convert_file(path: Path, data: dict, root: Path, builder: CocoBuilder) -> N
             if not label:
                 raise ShapeError("shape without a label")
             category_id = builder.category_id(label)
-            if category_id is None:
-                raise ShapeError(f"class {label!r} is not in --classes")
             polygon, mask = _shape_geometry(shape, width, height)
         except ShapeError as e:
             builder.dropped.append(Dropped(str(path), entry, str(e)))

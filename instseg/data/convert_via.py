@@ -52,8 +52,6 @@ def convert_via(
             try:
                 label = _region_class(region, attribute)
                 category_id = builder.category_id(label)
-                if category_id is None:
-                    raise ShapeError(f"class {label!r} is not in --classes")
                 polygon = _region_polygon(region.get("shape_attributes") or {}, width, height)
                 builder.add_instance(image_id, category_id, [polygon])
             except ShapeError as e:

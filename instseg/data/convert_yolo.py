@@ -71,8 +71,6 @@ def convert_yolo(src: str | os.PathLike, builder: CocoBuilder, names: list[str])
             try:
                 category, polygon = _line_polygon(line, names, width, height)
                 category_id = builder.category_id(names[category])
-                if category_id is None:
-                    raise ShapeError(f"class {names[category]!r} is not in --classes")
                 builder.add_instance(image_id, category_id, [polygon])
             except ShapeError as e:
                 builder.dropped.append(Dropped(str(label_path), f"line {number}", str(e)))
