@@ -303,3 +303,27 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     (tmp_path / "notyolo" / "classes.txt").write_text("cat\n")
     with pytest.raises(ConfigError, match="images/ and labels/"):
         convert_dataset("yolo", tmp_path / "notyolo")
+
+
+def test_image_sizes_are_as_the_loader_sees_them(tmp_path, capsys):
+    """A JPEG whose EXIF turns it by 90 degrees is recorded turned, as labelme, VIA and the
+    training loader show it; an image that cannot be read is a dropped line, not a stop."""
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (W, H), (90, 120, 30)).save(root / "images" / "turned.jpg", exif=exif)
+    (root / "labels" / "turned.txt").write_text("0 0.1 0.1 0.9 0.1 0.5 0.9\n")
+    (root / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "classes.txt").write_text("cat\n")
+    out = tmp_path / "coco.json"
+    assert main(["dataset", "convert", str(root), "--from", "yolo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert any("broken.png" in line and "not a readable image" in line
+               for line in printed.splitlines() if line.startswith("dropped:"))  # fmt: skip
+    coco = json.loads(out.read_text())
+    assert [(i["file_name"], i["width"], i["height"]) for i in coco["images"]] == [
+        ("turned.jpg", H, W)
+    ]
+    assert validate_coco_dataset(out, root / "images") == []

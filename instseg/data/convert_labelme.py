@@ -27,6 +27,7 @@ from instseg.data.coco_builder import (
     fit_polygon,
     rectangle_polygon,
 )
+from instseg.io.images import ImageReadError, loaded_size
 
 
 def convert_labelme(
@@ -56,8 +57,11 @@ def _convert_file(path: Path, data: dict, root: Path, builder: CocoBuilder) -> N
     if not image_path.is_relative_to(root):
         builder.dropped.append(Dropped(str(path), where, f"image outside the image root {root}"))
         return
-    with Image.open(image_path) as image:
-        size = image.size
+    try:
+        size = loaded_size(image_path)
+    except ImageReadError as e:
+        builder.dropped.append(Dropped(str(path), where, str(e)))
+        return
     declared = (data.get("imageWidth"), data.get("imageHeight"))
     if None not in declared and tuple(declared) != size:
         reason = f"the JSON says {declared[0]}x{declared[1]}, the image is {size[0]}x{size[1]}"

@@ -12,8 +12,6 @@ import json
 import os
 from pathlib import Path
 
-from PIL import Image
-
 from instseg.data.coco_builder import (
     CocoBuilder,
     Dropped,
@@ -23,6 +21,7 @@ from instseg.data.coco_builder import (
     rectangle_polygon,
 )
 from instseg.errors import ConfigError
+from instseg.io.images import ImageReadError, loaded_size
 
 
 def convert_via(
@@ -44,8 +43,11 @@ def convert_via(
         if not image_path.is_file():
             builder.dropped.append(Dropped(str(src), f"image {name!r}", f"not found in {root}"))
             continue
-        with Image.open(image_path) as image:
-            width, height = image.size
+        try:
+            width, height = loaded_size(image_path)
+        except ImageReadError as e:
+            builder.dropped.append(Dropped(str(src), f"image {name!r}", str(e)))
+            continue
         image_id = builder.add_image(Path(name).as_posix(), width, height)
         for index, region in enumerate(_regions(entry)):
             where = f"image {name!r} region {index}"

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import yaml
-from PIL import Image
 
 from instseg.data.coco_builder import (
     CocoBuilder,
@@ -19,6 +18,7 @@ from instseg.data.coco_builder import (
     rectangle_polygon,
 )
 from instseg.errors import ConfigError
+from instseg.io.images import ImageReadError, loaded_size
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -59,8 +59,11 @@ def convert_yolo(src: str | os.PathLike, builder: CocoBuilder, names: list[str])
         raise ConfigError(f"{src}: a YOLO dataset needs images/ and labels/ folders")
     for image_path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         rel = image_path.relative_to(root)
-        with Image.open(image_path) as image:
-            width, height = image.size
+        try:
+            width, height = loaded_size(image_path)
+        except ImageReadError as e:
+            builder.dropped.append(Dropped(str(image_path), "image", str(e)))
+            continue
         image_id = builder.add_image(rel.as_posix(), width, height)
         label_path = (src / "labels" / rel).with_suffix(".txt")
         if not label_path.is_file():

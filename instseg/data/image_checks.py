@@ -10,14 +10,9 @@ import re
 from PIL import Image, UnidentifiedImageError
 
 from instseg.data.annotation_checks import _ImageRecord
-from instseg.io.images import DEFAULT_MAX_PIXELS, jpeg_has_end_marker
+from instseg.io.images import DEFAULT_MAX_PIXELS, exif_transposes, jpeg_has_end_marker
 
 logger = logging.getLogger(__name__)
-
-
-_EXIF_ORIENTATION_TAG = 0x0112
-# Orientations that rotate by 90 degrees, so the loader's EXIF transpose swaps width/height.
-_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
 class ImageFileChecks:
@@ -39,7 +34,7 @@ class ImageFileChecks:
                 exif_bytes = image.info.get("exif")
                 if self.verify_images:
                     image.verify()
-            orientation = _exif_orientation(exif_bytes)
+            transposed = exif_transposes(exif_bytes)
         except FileNotFoundError:
             self.error(label, "image file not found", file=path)
             return
@@ -78,7 +73,7 @@ class ImageFileChecks:
         rotation_note = ""
         # The training loader applies EXIF orientation, so the JSON must describe the
         # rotated image.
-        if orientation in _TRANSPOSING_ORIENTATIONS:
+        if transposed:
             width, height = height, width
             rotation_note = " after EXIF rotation"
         if (width, height) != (record.width, record.height):
@@ -88,11 +83,3 @@ class ImageFileChecks:
                 f"but the JSON says {record.width}x{record.height}",
                 file=path,
             )
-
-
-def _exif_orientation(exif_bytes: bytes | None) -> int | None:
-    if not exif_bytes:
-        return None
-    exif = Image.Exif()
-    exif.load(exif_bytes)
-    return exif.get(_EXIF_ORIENTATION_TAG)

@@ -32,6 +32,10 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 DEFAULT_MAX_PIXELS = 100_000_000
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
+_EXIF_ORIENTATION_TAG = 0x0112
+# Orientations that rotate by 90 degrees, so the loader's EXIF transpose swaps width/height.
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
 
 class ImageReadError(Exception):
     """One input that cannot be used as an image; ``str()`` is one line naming the file."""
@@ -61,6 +65,39 @@ def header_size(data: bytes) -> tuple[int | None, int | None, int] | None:
         return (None, None, int(found.group(1))) if found else None
     except Exception:
         return None
+
+
+def exif_transposes(exif_bytes: bytes | None) -> bool:
+    """Whether raw EXIF (``image.info["exif"]``) turns the image by 90 degrees, as Detectron2's
+    loader applies it; read without decoding pixels."""
+    if not exif_bytes:
+        return False
+    exif = Image.Exif()
+    exif.load(exif_bytes)
+    return exif.get(_EXIF_ORIENTATION_TAG) in _TRANSPOSING_ORIENTATIONS
+
+
+def loaded_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of an image file as the training loader sees it (EXIF orientation
+    applied), from its header; ImageReadError naming the file when it cannot be used."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                transposed = exif_transposes(image.info.get("exif"))
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError:
+        raise ImageReadError(f"{path}: over the limit of {max_pixels / 1e6:g} megapixels") from None
+    except Exception as e:  # PIL signals unreadable data with assorted exception types
+        raise ImageReadError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    if max_pixels > 0 and width * height > max_pixels:
+        raise ImageReadError(
+            f"{path}: {width}x{height} = {width * height / 1e6:.0f} megapixels, over the limit "
+            f"of {max_pixels / 1e6:g} (INSTSEG.MAX_IMAGE_PIXELS)"
+        )
+    return (height, width) if transposed else (width, height)
 
 
 def check_pixel_count(name: str, data: bytes, max_pixels: int) -> None:
