@@ -41,6 +41,7 @@ def cmd_dataset_sample(args: argparse.Namespace) -> int:
 def cmd_dataset_merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from instseg.data.coco_json import instances_per_class
     from instseg.data.merge import merge_coco
     from instseg.errors import ConfigError
     from instseg.io.atomic import atomic_write_json
@@ -53,7 +54,7 @@ def cmd_dataset_merge(args: argparse.Namespace) -> int:
     atomic_write_json(out, merged.coco)
     for path, images, instances in merged.counts:
         print(f"{path}: {images} images, {instances} instances")
-    per_class = ", ".join(f"{name} {count}" for name, count in merged.per_class().items())
+    per_class = ", ".join(f"{n} {count}" for n, count in instances_per_class(merged.coco).items())
     coco = merged.coco
     print(f"{out}: {len(coco['images'])} images, {len(coco['annotations'])} instances")
     print(f"classes: {per_class}")
@@ -82,7 +83,7 @@ def cmd_dataset_split(args: argparse.Namespace) -> int:
     for split, path in files.items():
         atomic_write_json(path, result.parts[split])
     counts = result.counts()
-    names = list(result.class_names.values())
+    names = result.class_names
     width = max(len("class"), *(len(n) for n in names))
     print(f"{'':{width}}  " + "  ".join(f"{split:>7}" for split in counts))
     print(f"{'images':{width}}  " + "  ".join(f"{n:>7}" for n, _ in counts.values()))
@@ -99,9 +100,9 @@ def cmd_dataset_split(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_convert(args: argparse.Namespace) -> int:
-    from collections import Counter
     from pathlib import Path
 
+    from instseg.data.coco_json import instances_per_class
     from instseg.data.convert import convert_dataset
     from instseg.errors import ConfigError
     from instseg.io.atomic import atomic_write_json
@@ -118,13 +119,12 @@ def cmd_dataset_convert(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, result.coco)
     coco = result.coco
-    names = {c["id"]: c["name"] for c in coco["categories"]}
-    counts = Counter(names[a["category_id"]] for a in coco["annotations"])
     print(
         f"{out}: {len(coco['images'])} images, {len(coco['annotations'])} instances, "
         f"{len(result.dropped)} dropped; image root {result.image_root}"
     )
-    print("classes: " + ", ".join(f"{n} {counts[n]}" for n in names.values()))
+    counts = instances_per_class(coco)
+    print("classes: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     return 0
 
 

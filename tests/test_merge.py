@@ -9,6 +9,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from instseg.cli import main
+from instseg.data.coco_json import instances_per_class
 from instseg.data.merge import merge_coco
 from instseg.data.sample_data import write_sample_dataset
 from instseg.data.validate import validate_coco_dataset
@@ -113,6 +114,6 @@ def test_merge_api_counts(sample):
         (4, len(json.loads(sample.train_json.read_text())["annotations"])),
         (3, len(json.loads(sample.val_json.read_text())["annotations"])),
     ]
-    assert sum(merged.per_class().values()) == len(merged.coco["annotations"])
+    assert sum(instances_per_class(merged.coco).values()) == len(merged.coco["annotations"])
     with pytest.raises(ConfigError):
         merge_coco([sample.train_json, sample.train_json])

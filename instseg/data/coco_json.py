@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 from instseg.errors import ConfigError
@@ -24,3 +25,10 @@ def load_coco_json(path: str | os.PathLike) -> dict:
         if not isinstance(coco.get(key), list):
             raise ConfigError(f"{path}: not a COCO instances JSON (no '{key}' list)")
     return coco
+
+
+def instances_per_class(coco: dict) -> dict[str, int]:
+    """Instance count by category name, every category listed in the file's order."""
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    found = Counter(names.get(a["category_id"]) for a in coco["annotations"])
+    return {name: found[name] for name in names.values()}

@@ -10,7 +10,6 @@ its own folder prefix.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +24,6 @@ class MergedDataset:
 
     coco: dict
     counts: list[tuple[Path, int, int]] = field(default_factory=list)
-
-    def per_class(self) -> dict[str, int]:
-        names = {c["id"]: c["name"] for c in self.coco["categories"]}
-        found = Counter(names[a["category_id"]] for a in self.coco["annotations"])
-        return {name: found.get(name, 0) for name in names.values()}
 
 
 def merge_coco(

@@ -9,13 +9,12 @@ keeps the input's categories, info and ``file_name`` values, so the same image r
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from instseg.data.coco_json import load_coco_json
+from instseg.data.coco_json import instances_per_class, load_coco_json
 from instseg.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -30,15 +29,12 @@ class DatasetSplit:
     """The split COCO dicts by name (``test`` only when asked for) and the category names."""
 
     parts: dict[str, dict]
-    class_names: dict[int, str]  # category id -> name, in the input's order
+    class_names: list[str]  # in the input's order
 
-    def counts(self) -> dict[str, tuple[int, Counter]]:
+    def counts(self) -> dict[str, tuple[int, dict[str, int]]]:
         """Per split: images and instances per class name."""
         return {
-            split: (
-                len(part["images"]),
-                Counter(self.class_names.get(a["category_id"]) for a in part["annotations"]),
-            )
+            split: (len(part["images"]), instances_per_class(part))
             for split, part in self.parts.items()
         }
 
@@ -82,7 +78,7 @@ def split_coco(
                 f"{path}: {len(images)} images leave the {split} split empty; "
                 "use a larger fraction or more images"
             )
-    return DatasetSplit(parts, {c.get("id"): str(c.get("name")) for c in categories})
+    return DatasetSplit(parts, [str(c.get("name")) for c in categories])
 
 
 def _stratify(labels: np.ndarray, fractions: np.ndarray, seed: tuple, stratification) -> np.ndarray:
