@@ -20,7 +20,8 @@ setup(
         "av",
         "faster-coco-eval",
         "iterative-stratification",  # stratified dataset splits
+        "scipy",  # Hungarian matching of Detectron2's video trackers
     ],
-    extras_require={"test": ["pytest", "ruff"]},
+    extras_require={"test": ["pytest", "ruff", "supervision", "motmetrics"]},
     entry_points={"console_scripts": ["instseg = instseg.cli:main"]},
 )

@@ -103,6 +103,19 @@ def add_instseg_config(cfg: CfgNode) -> None:
     # Bounded queue length between pipeline stages; memory stays flat for any input size.
     _C.INSTSEG.PREDICT.QUEUE_SIZE = 8
 
+    _C.INSTSEG.TRACK = CfgNode()
+    # Identities across a video's frames (instseg.inference.tracking): "hungarian" (Detectron2's
+    # IoU-weighted Hungarian tracker, matching boxes within a class) or "none".
+    _C.INSTSEG.TRACK.METHOD = "hungarian"
+    # Processed frames a lost track waits, at its last box, to be matched again.
+    _C.INSTSEG.TRACK.MAX_LOST_FRAMES = 10
+    # Least box IoU between a detection and a track's last box for them to match.
+    _C.INSTSEG.TRACK.MIN_IOU = 0.3
+    # A track is kept while lost only once it was seen in more than this many frames.
+    _C.INSTSEG.TRACK.MIN_INSTANCE_PERIOD = 0
+    # Tracks seen in fewer frames are listed in NAME.tracks.json but not counted as objects.
+    _C.INSTSEG.TRACK.MIN_FRAMES = 3
+
     _C.INSTSEG.VIDEO = CfgNode()
     # "auto" (H.264 through PyAV when available, else OpenCV mp4v), "h264" or "mp4v".
     _C.INSTSEG.VIDEO.CODEC = "auto"

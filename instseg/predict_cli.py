@@ -174,6 +174,12 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "h264", "mp4v"),
         help="output video codec: h264 (PyAV), mp4v (OpenCV) or auto (h264 when available)",
     )
+    group.add_argument(
+        "--tracker",
+        choices=("hungarian", "none"),
+        help="identities across frames (default hungarian): track ids in the JSONL and labels, "
+        "NAME.tracks.csv (MOTChallenge) and NAME.tracks.json",
+    )
 
 
 _VIDEO_FLAG_KEYS = (
@@ -182,6 +188,7 @@ _VIDEO_FLAG_KEYS = (
     ("end", "INSTSEG.VIDEO.END"),
     ("max_frames", "INSTSEG.VIDEO.MAX_FRAMES"),
     ("codec", "INSTSEG.VIDEO.CODEC"),
+    ("tracker", "INSTSEG.TRACK.METHOD"),
 )
 
 

@@ -10,9 +10,16 @@ runs all of them in turn, so they see the same machine load; the median over rou
   d. instseg.video.predict_video with the "fast" renderer.
 
 Each figure is frames/s after a warm-up (the first model batch / frame). Prints ratios c/b, d/b,
-d/a and output bytes vs input bytes; the last line is a JSON object with the figures.
+d/a, the tracker's time per frame over the model's (``track_over_model``, from (d)'s stage
+times) and output bytes vs input bytes; the last line is a JSON object with the figures.
+
+With ``--track-run DIR`` (a training run: its config.yaml and model_final.pth), the scripted
+tracking clip (instseg.data.sample_video.tracking_clip: crossing, hiding, leaving, entering)
+also goes through the whole predict_video path with that model, and its NAME.tracks.csv is
+scored against the clip's ground truth with py-motmetrics (MOTA, IDF1, identity switches).
 
     .venv/bin/python scripts/bench_video.py --frames 40 --size 640x360 --rounds 2
+    .venv/bin/python scripts/bench_video.py --skip-visualizer --track-run output/demo/train
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from detectron2.utils.visualizer import ColorMode
 from instseg.config import PROJECT_CONFIG_DIR, build_cfg
 from instseg.data.catalog import build_metadata
 from instseg.data.sample_shapes import CLASS_NAMES
-from instseg.data.sample_video import iter_sample_video_frames
+from instseg.data.sample_video import iter_sample_video_frames, tracking_clip
 from instseg.inference import video as video_module
 from instseg.inference.predictor import BatchPredictor, load_model_config
 from instseg.inference.video import predict_video
@@ -160,6 +167,43 @@ def pipeline(cfg, predictor, source, out_dir, renderer, merged, first, count, fp
     return timed, timed / result.throughput, result
 
 
+def track_scores(run_dir: Path, folder: Path, num_frames: int = 60) -> dict:
+    """MOTA, IDF1 and switches of instseg's tracks on the scripted clip, with a trained model."""
+    import motmetrics as mm
+
+    clip, truth = [], []
+    for frame, objects in tracking_clip(num_frames=num_frames):
+        clip.append(frame)
+        truth.append(objects)
+    source = write_test_clip(folder / "tracking_clip.mp4", clip, fps=10.0).path
+    cfg = load_model_config([str(run_dir / "config.yaml")], str(run_dir / "model_final.pth"))
+    result = predict_video(cfg, source, folder / "tracks", overwrite=True, progress=False)
+    hypotheses = mm.io.loadtxt(str(result.tracks), fmt="mot15-2D")
+    accumulator = mm.MOTAccumulator(auto_id=True)
+    for index, objects in enumerate(truth):
+        boxes = np.array([o.box for o in objects], dtype=np.float64).reshape(-1, 4)
+        boxes[:, 2:] -= boxes[:, :2]
+        rows = hypotheses.loc[index + 1] if index + 1 in hypotheses.index else None
+        hyp_ids = [] if rows is None else list(rows.index)
+        hyp = np.zeros((0, 4)) if rows is None else rows[["X", "Y", "Width", "Height"]].to_numpy()
+        distances = mm.distances.iou_matrix(boxes, hyp, max_iou=0.5)
+        accumulator.update([o.track_id for o in objects], hyp_ids, distances)
+    metrics = mm.metrics.create().compute(
+        accumulator, metrics=["mota", "idf1", "num_switches", "num_unique_objects"], name="clip"
+    )
+    row = metrics.iloc[0]
+    return {
+        "frames": num_frames,
+        "mota": round(float(row["mota"]), 3),
+        "idf1": round(float(row["idf1"]), 3),
+        "switches": int(row["num_switches"]),
+        "true_objects": int(row["num_unique_objects"]),
+        "tracks": len(hypotheses.index.get_level_values(1).unique()),
+        "track_ms": round(result.stage_ms.get("track", 0.0), 2),
+        "model_ms": round(result.stage_ms.get("model", 0.0), 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=40, help="frames in the video (40)")
@@ -187,6 +231,12 @@ def main() -> None:
         "--merged", action="store_true", help="also time render+encode in one thread (e)"
     )
     parser.add_argument("--skip-visualizer", action="store_true", help="skip (b) and (c)")
+    parser.add_argument(
+        "--track-run",
+        type=Path,
+        metavar="DIR",
+        help="training run whose model is scored on the scripted tracking clip (MOTA, IDF1)",
+    )
     args = parser.parse_args()
     if args.batch_size < 1 or args.chunk <= args.batch_size or args.passes < 1:
         parser.error("need --batch-size >= 1, --chunk > --batch-size and --passes >= 1")
@@ -273,6 +323,7 @@ def main() -> None:
             whole_fps[method], out_bytes[method] = timed / seconds, size
             if stages:
                 stage_ms[method] = stages
+        tracking = track_scores(args.track_run, tmp) if args.track_run else None
 
     med = {m: t.fps for m, t in timings.items()}
     print(
@@ -290,6 +341,8 @@ def main() -> None:
         ratios["c_over_b"] = med["c_visualizer"] / med["b_demo"]
         ratios["d_over_b"] = med["d_fast"] / med["b_demo"]
     ratios["d_over_a"] = med["d_fast"] / med["a_model"]
+    if stage_ms.get("d_fast", {}).get("model"):
+        ratios["track_over_model"] = stage_ms["d_fast"]["track"] / stage_ms["d_fast"]["model"]
     if "e_fast_merged" in med:
         ratios["e_over_a"] = med["e_fast_merged"] / med["a_model"]
     for name, value in ratios.items():
@@ -317,6 +370,13 @@ def main() -> None:
         "stage_ms": {m: {k: round(v, 2) for k, v in s.items()} for m, s in stage_ms.items()},
         "python": platform.python_version(),
     }
+    if tracking is not None:
+        print(
+            f"tracking clip ({tracking['frames']} frames, {tracking['true_objects']} objects): "
+            f"MOTA {tracking['mota']:.3f}, IDF1 {tracking['idf1']:.3f}, "
+            f"{tracking['switches']} switches, {tracking['tracks']} tracks"
+        )
+        figures["tracking"] = tracking
     print(json.dumps(figures))
 
 

@@ -134,7 +134,7 @@ def test_output_matches_input_and_keeps_audio(make_cfg, predictor, tmp_path, cod
     assert result.ok and result.frames == NUM_FRAMES and result.first_bad_frame is None
     assert result.video == out / "clip.mp4"
     assert result.written.codec == codec and result.written.has_audio
-    assert set(result.stage_ms) == {"decode", "preprocess", "model", "render", "write"}
+    assert set(result.stage_ms) == {"decode", "preprocess", "model", "track", "render", "write"}
     assert result.throughput > 0
     with open_video(clip) as source, open_video(result.video) as output:
         assert output.frame_count == source.frame_count == NUM_FRAMES
@@ -150,7 +150,12 @@ def test_output_matches_input_and_keeps_audio(make_cfg, predictor, tmp_path, cod
     assert [line["time"] for line in lines] == pytest.approx(
         [i / FPS for i in range(NUM_FRAMES)], abs=1e-4
     )
-    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "clip.predictions.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "clip.mp4",
+        "clip.predictions.jsonl",
+        "clip.tracks.csv",
+        "clip.tracks.json",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -251,8 +256,13 @@ def test_class_filter(make_cfg, predictor, tmp_path):
     cfg = make_cfg("INSTSEG.PREDICT.RENDER", "False", "INSTSEG.PREDICT.CLASSES", f"['{keep}']")
     kept = read_jsonl(predict_video(cfg, clip, tmp_path / "one", predictor=predictor).predictions)
     kept_id = names.index(keep) + 1
+
+    def untracked(results):  # track ids are numbered among the instances kept
+        return [{k: v for k, v in r.items() if k != "track_id"} for r in results]
+
     for before, after in zip(everything, kept, strict=True):
-        assert after["results"] == [r for r in before["results"] if r["category_id"] == kept_id]
+        expected = [r for r in before["results"] if r["category_id"] == kept_id]
+        assert untracked(after["results"]) == untracked(expected)
 
 
 def test_variable_frame_rate_keeps_times(make_cfg, predictor, tmp_path):

@@ -121,7 +121,9 @@ class PredictResult:
     def timing_line(self) -> str:
         if not self.stage_ms:
             return "too few images to time (the first batch of each process is left out)"
-        stages = ", ".join(f"{name} {self.stage_ms.get(name, 0.0):.1f}" for name in STAGES)
+        stages = ", ".join(
+            f"{name} {self.stage_ms.get(name, 0.0):.1f}" for name in STAGES if name != "track"
+        )
         return (
             f"throughput {self.images_per_s:.2f} images/s; ms per image: {stages} "
             "(first batch left out)"

@@ -2,7 +2,8 @@
 
 An input ``<rel>`` (its POSIX path below the SOURCE root) gets, inside the output folder:
 the annotated image ``<rel>`` (``<rel-stem>.jpg`` for formats OpenCV cannot write),
-``<rel-stem>.masks.png``, the annotated video ``<rel-stem>.mp4`` and ``<rel-stem>.predictions.jsonl``.
+``<rel-stem>.masks.png``, the annotated video ``<rel-stem>.mp4``, ``<rel-stem>.predictions.jsonl``
+and the track files ``<rel-stem>.tracks.csv`` and ``<rel-stem>.tracks.json``.
 Where a name would be claimed twice, by two inputs or by two kinds of output (``a.jpg`` and
 ``a.png`` both giving ``a.masks.png``; ``x.jpg``'s mask and the input ``x.masks.png``), each
 claimant keeps its whole input name (``a.jpg.masks.png``), and any clash left after that gets
@@ -29,7 +30,11 @@ KIND_SUFFIXES = {
     "masks": ".masks.png",
     "video": ".mp4",
     "predictions": ".predictions.jsonl",
+    "tracks": ".tracks.csv",
+    "track_summary": ".tracks.json",
 }
+# What a video gives, in the order predict_video takes its paths.
+VIDEO_OUTPUT_KINDS = ("video", "predictions", "tracks", "track_summary")
 # Formats OpenCV encodes; annotated images of other formats are written as JPEG.
 WRITABLE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 

@@ -32,8 +32,9 @@ from instseg.inference.stages import END, StageThreads
 
 logger = logging.getLogger(__name__)
 
-# Timed per frame; "model" is each forward pass's time shared among its frames.
-STAGES = ("decode", "preprocess", "model", "render", "write")
+# Timed per frame; "model" is each forward pass's time shared among its frames; "track" is
+# videos' only.
+STAGES = ("decode", "preprocess", "model", "track", "render", "write")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Frame:
     instances: Instances | None = None  # CPU, class-filtered, by descending score
     drawn: np.ndarray | None = None
     record: Any = None  # what the output stages made of it (a JSON record, a line)
+    tracks: str = ""  # a video frame's lines of NAME.tracks.csv
     seconds: dict[str, float] = field(default_factory=dict)
     warm_up: bool = False  # in the first model batch
 

@@ -1,6 +1,7 @@
 """The one record format of predictions, for image files and video frames alike: Detectron2's
 ``instances_to_coco_json`` (COCO results: ``image_id``, ``category_id``, ``bbox`` as float XYWH,
-``score``, ``segmentation`` as RLE with ``counts`` a str), with the output's category ids."""
+``score``, ``segmentation`` as RLE with ``counts`` a str), with the output's category ids, and
+``track_id`` for the instances of a tracked video."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ def coco_results(
     """COCO results of CPU instances. ``category_ids[c]`` is the output id of contiguous class
     ``c``; without it, ids are the contiguous ids + 1 (COCO ids start at 1)."""
     results = instances_to_coco_json(instances, image_id)
-    for result in results:
+    track_ids = instances.track_id.tolist() if instances.has("track_id") else None
+    for k, result in enumerate(results):
         c = result["category_id"]
         result["category_id"] = category_ids[c] if category_ids is not None else c + 1
+        if track_ids is not None:
+            result["track_id"] = track_ids[k]
     return results
 
 

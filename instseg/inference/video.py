@@ -1,13 +1,16 @@
 """Annotated output videos: Mask R-CNN on every selected frame, drawn and re-encoded.
 
-For each input ``NAME.EXT`` two files are written into the output folder, each atomically:
+For each input ``NAME.EXT`` these files are written into the output folder, each atomically:
 
 * ``NAME.mp4``: the frames with masks, boxes and labels drawn (``INSTSEG.PREDICT.RENDERER``),
   with the source's size, frame times and audio (only when ``INSTSEG.PREDICT.RENDER``);
 * ``NAME.predictions.jsonl``: one JSON object per processed frame, ``{"frame": source index,
   "time": seconds, "results": [COCO results]}``, the record format of images'
   predictions.json (:mod:`instseg.inference.records`; ``image_id`` is the frame index,
-  ``category_id`` the class id + 1).
+  ``category_id`` the class id + 1, ``track_id`` the instance's identity when tracking is on);
+* with tracking on (``INSTSEG.TRACK.METHOD``, :mod:`instseg.inference.tracking`), the tracks in
+  MOTChallenge format, ``NAME.tracks.csv``, and their summary, ``NAME.tracks.json``
+  (:mod:`instseg.inference.track_log`).
 
 ``NAME`` follows :mod:`instseg.inference.output_plan` (the input's path below the SOURCE root,
 without its extension), so same-stem videos in different folders keep apart. Frames
@@ -16,11 +19,13 @@ is the source's divided by N, so the output still plays in real time with its au
 that exist are left alone unless ``overwrite`` is set.
 
 Frames flow through :class:`~instseg.inference.pipeline.Pipeline`, the stages images use, with
+the tracker first (its own thread: ids need the frames in order, which every stage keeps), then
 two output stages: render (drawing and the JSONL record) and write (encoding and the JSONL
 line), a thread each, so encoding overlaps a slow renderer (one thread doing both measured the
 same within noise with the fast renderer on two cores: scripts/bench_video.py --merged). A
 failure on any frame fails that video with one line;
-:func:`~instseg.inference.videos.predict_videos` goes on with the next. The video and its JSONL become visible together (one commit journal).
+:func:`~instseg.inference.videos.predict_videos` goes on with the next. The video, its JSONL and its track files become visible together (one commit
+journal).
 """
 
 from __future__ import annotations
@@ -37,10 +42,12 @@ from tqdm import tqdm
 
 from instseg.data.catalog import build_metadata
 from instseg.inference.frames import video_frames
-from instseg.inference.pipeline import Frame, Pipeline, StageClock
+from instseg.inference.pipeline import STAGES, Frame, Pipeline, StageClock
 from instseg.inference.predictor import BatchPredictor, class_filter, instances_to_draw
 from instseg.inference.records import coco_results, frame_record
 from instseg.inference.sources import VIDEO_EXTENSIONS, is_video_path
+from instseg.inference.track_log import TRACKS_CSV_SUFFIX, TRACKS_JSON_SUFFIX, TrackLog
+from instseg.inference.tracking import Tracker, TrackOptions, build_tracker
 from instseg.inference.video_options import VideoOptions, expected_frames, resolve_renderer_name
 from instseg.io.atomic import AtomicFile, commit_journal, commit_together
 from instseg.io.media import VideoError, VideoReadError, VideoWriteError, WrittenVideo
@@ -65,7 +72,6 @@ __all__ = [
     "resolve_renderer_name",
 ]
 
-STAGES = ("decode", "preprocess", "model", "render", "write")
 PREDICTIONS_SUFFIX = ".predictions.jsonl"
 # Render and encode in one thread instead of two; scripts/bench_video.py --merged compares them.
 _MERGE_RENDER_ENCODE = False
@@ -84,6 +90,8 @@ class VideoResult:
     source: Path
     video: Path | None = None  # annotated video; None when rendering is off, skipped or failed
     predictions: Path | None = None  # the JSONL file; None when skipped or failed
+    tracks: Path | None = None  # NAME.tracks.csv; None when tracking is off, skipped or failed
+    objects: dict[str, int] = field(default_factory=dict)  # tracked objects per class name
     frames: int = 0  # frames processed (and written)
     fps: float = 0.0  # the source's frame rate
     width: int = 0
@@ -108,7 +116,7 @@ class VideoResult:
     @classmethod
     def from_json(cls, data: dict) -> VideoResult:
         data = dict(data)
-        for key in ("source", "video", "predictions"):
+        for key in ("source", "video", "predictions", "tracks"):
             data[key] = Path(data[key]) if data[key] is not None else None
         if data["written"] is not None:
             data["written"] = WrittenVideo(
@@ -118,25 +126,40 @@ class VideoResult:
 
 
 class _VideoSink:
-    """The render and write stages of one video."""
+    """The track, render and write stages of one video."""
 
     def __init__(
-        self, path: Path, renderer: Renderer | None, draw_score: float, writer, jsonl, bar: tqdm
+        self,
+        renderer: Renderer | None,
+        draw_score: float,
+        writer,
+        jsonl,
+        bar: tqdm,
+        tracker: Tracker | None = None,
+        track_log: TrackLog | None = None,
+        tracks_csv=None,
     ) -> None:
-        self.draw_score = draw_score
-        self.path, self.renderer, self.writer, self.jsonl, self.bar = (
-            path,
+        self.renderer, self.draw_score, self.writer, self.jsonl, self.bar = (
             renderer,
+            draw_score,
             writer,
             jsonl,
             bar,
         )
+        self.tracker, self.track_log, self.tracks_csv = tracker, track_log, tracks_csv
         self.frames = 0
 
     def stages(self, merged: bool = False):
+        stages = [("track", self.track)] if self.tracker is not None else []
         if merged:
-            return [("render", lambda frame: (self.render(frame), self.write(frame)))]
-        return [("render", self.render), ("write", self.write)]
+            return [*stages, ("render", lambda frame: (self.render(frame), self.write(frame)))]
+        return [*stages, ("render", self.render), ("write", self.write)]
+
+    def track(self, frame: Frame) -> None:
+        if frame.error is not None:
+            return  # render fails the video
+        frame.instances.track_id = self.tracker.update(frame.instances)
+        frame.tracks = self.track_log.lines(frame.instances, frame.index, frame.time)
 
     def render(self, frame: Frame) -> None:
         if frame.error is not None:  # a frame the model failed on fails its video
@@ -157,13 +180,20 @@ class _VideoSink:
             self.writer.write(frame.drawn, frame.time)
         frame.drawn = None
         self.jsonl.write(frame.record)
+        if self.tracks_csv is not None:
+            self.tracks_csv.write(frame.tracks)
         self.frames += 1
         self.bar.update(1)
 
 
-def output_paths(output_dir: Path, name: str) -> tuple[Path, Path]:
-    """(annotated video, predictions JSONL) for an output name."""
-    return output_dir / f"{name}.mp4", output_dir / f"{name}{PREDICTIONS_SUFFIX}"
+def output_paths(output_dir: Path, name: str) -> tuple[Path, Path, Path, Path]:
+    """(annotated video, predictions JSONL, tracks CSV, tracks summary) for an output name."""
+    return (
+        output_dir / f"{name}.mp4",
+        output_dir / f"{name}{PREDICTIONS_SUFFIX}",
+        output_dir / f"{name}{TRACKS_CSV_SUFFIX}",
+        output_dir / f"{name}{TRACKS_JSON_SUFFIX}",
+    )
 
 
 def build_pipeline(cfg: CfgNode, predictor: BatchPredictor | None) -> Pipeline:
@@ -186,7 +216,7 @@ def predict_video(
     predictor: BatchPredictor | None = None,
     pipeline: Pipeline | None = None,
     name: str | None = None,
-    outputs: tuple[Path, Path] | None = None,
+    outputs: tuple[Path, Path, Path, Path] | None = None,
     rel: str | None = None,
     progress: bool = True,
 ) -> VideoResult:
@@ -200,7 +230,7 @@ def predict_video(
         overwrite: replace existing outputs; otherwise a video whose outputs exist is skipped.
         predictor, pipeline: reuse a loaded model (built from ``cfg`` when both are None).
         name: output base name (default: the input's stem).
-        outputs: (annotated video, predictions JSONL) paths, as planned by
+        outputs: (annotated video, predictions JSONL, tracks CSV, tracks JSON), as planned by
             :func:`predict_videos`; they override ``name``.
         rel: the input's name below the SOURCE root, for its frames' identity.
         progress: show a tqdm bar in frames.
@@ -212,10 +242,15 @@ def predict_video(
         VideoError: a frame could not be predicted or drawn.
     """
     options = VideoOptions.from_cfg(cfg)
+    track_options = TrackOptions.from_cfg(cfg)
     path, output_dir = Path(path), Path(output_dir)
-    video_path, jsonl_path = outputs or output_paths(output_dir, name or path.stem)
+    video_path, jsonl_path, csv_path, summary_path = outputs or output_paths(
+        output_dir, name or path.stem
+    )
     result = VideoResult(source=path)
     targets = [video_path, jsonl_path] if options.render else [jsonl_path]
+    if track_options.enabled:
+        targets += [csv_path, summary_path]
     if video_path.resolve() == path.resolve():
         raise VideoWriteError(f"{video_path}: output would replace the input video")
     existing = [t for t in targets if t.exists()]
@@ -244,12 +279,19 @@ def predict_video(
                 publish=False,
             )
         jsonl = AtomicFile(jsonl_path)
+        tracker = build_tracker(track_options, source.width, source.height)
+        track_log = tracks_csv = None
+        if tracker is not None:
+            track_log = TrackLog(list(build_metadata(cfg).thing_classes), track_options.min_frames)
+            tracks_csv = AtomicFile(csv_path)
         clock = StageClock()
         total = expected_frames(source, options)
         with tqdm(
             total=total, desc=path.name, unit="frame", disable=not progress, dynamic_ncols=True
         ) as bar:
-            sink = _VideoSink(path, renderer, options.draw_score, writer, jsonl, bar)
+            sink = _VideoSink(
+                renderer, options.draw_score, writer, jsonl, bar, tracker, track_log, tracks_csv
+            )
             try:
                 frames = video_frames(source, rel or path.name, options)
                 pipeline.run(frames, sink.stages(_MERGE_RENDER_ENCODE), clock)
@@ -262,9 +304,18 @@ def predict_video(
                 if writer is not None:
                     writer.abort()
                 jsonl.discard()
+                if tracks_csv is not None:
+                    tracks_csv.discard()
                 raise
             # The video and its predictions become visible together, or (killed) on the next run.
             pairs = [(jsonl.close_unpublished(), jsonl_path)]
+            if track_log is not None:
+                summary = AtomicFile(summary_path)
+                summary.write(track_log.summary_text(source.fps, options.stride))
+                pairs += [
+                    (tracks_csv.close_unpublished(), csv_path),
+                    (summary.close_unpublished(), summary_path),
+                ]
             if written is not None:
                 pairs.append((writer.temp_file, video_path))
             commit_together(pairs, commit_journal(output_dir, jsonl_path.name))
@@ -273,6 +324,9 @@ def predict_video(
     result.seconds = time.perf_counter() - started
     result.frames = sink.frames
     result.predictions = jsonl_path
+    if track_log is not None:
+        result.tracks = csv_path
+        result.objects = track_log.objects_per_class()
     result.written = written
     result.video = video_path if written is not None else None
     result.throughput = clock.throughput() or (result.frames / result.seconds)
@@ -298,6 +352,9 @@ def _log_result(result: VideoResult) -> None:
         )
     else:
         output = str(result.predictions)
+    if result.tracks is not None:
+        objects = ", ".join(f"{n} {name}" for name, n in result.objects.items()) or "none"
+        logger.info("%s: objects tracked: %s (%s)", result.source, objects, result.tracks.name)
     logger.info(
         "%s: %d frames -> %s in %.1fs, %.2f frames/s; per frame: %s (first batch excluded)",
         result.source,

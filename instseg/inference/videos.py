@@ -18,7 +18,7 @@ from detectron2.config import CfgNode
 
 from instseg.inference.launcher import run_sharded, shard
 from instseg.inference.output_dir import OutputLock
-from instseg.inference.output_plan import check_output_paths, plan_outputs
+from instseg.inference.output_plan import VIDEO_OUTPUT_KINDS, check_output_paths, plan_outputs
 from instseg.inference.predictor import BatchPredictor, check_model_cfg
 from instseg.inference.video import VideoResult, build_pipeline, predict_video
 from instseg.inference.video_options import VideoOptions
@@ -37,7 +37,7 @@ class _VideosJob:
     cfg: CfgNode
     paths: list[Path]
     rels: list[str]
-    outputs: list[tuple[Path, Path]]
+    outputs: list[tuple[Path, ...]]  # (video, predictions, tracks CSV, tracks JSON)
     overwrite: bool
     progress: bool
     log_level: int
@@ -75,7 +75,7 @@ def predict_videos(
     paths = [Path(p) for p in video_paths]
     output_dir = Path(output_dir)
     rels = list(rels) if rels is not None else [p.name for p in paths]
-    plan = plan_outputs(rels, [("video", "predictions")] * len(paths), reserved=(CONFIG_FILE,))
+    plan = plan_outputs(rels, [VIDEO_OUTPUT_KINDS] * len(paths), reserved=(CONFIG_FILE,))
     check_output_paths(output_dir, [n for o in plan for n in o.values()], paths)
     VideoOptions.from_cfg(cfg)  # config errors before the model loads
     check_model_cfg(cfg)
@@ -83,7 +83,7 @@ def predict_videos(
         cfg=cfg,
         paths=paths,
         rels=rels,
-        outputs=[(output_dir / o["video"], output_dir / o["predictions"]) for o in plan],
+        outputs=[tuple(output_dir / o[kind] for kind in VIDEO_OUTPUT_KINDS) for o in plan],
         overwrite=overwrite,
         progress=progress,
         log_level=logging.getLogger("instseg").getEffectiveLevel(),

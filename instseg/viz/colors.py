@@ -71,6 +71,13 @@ def image_colors(
     return colors
 
 
+def track_colors(track_ids: Sequence[int]) -> list[Color]:
+    """One colour per track id, the same in every frame and both renderers: colour is
+    identity (neighbouring ids get distinct palette entries)."""
+    palette = _palette()
+    return [palette[int(i) % len(palette)] for i in track_ids]
+
+
 def _as_color(color) -> Color:
     return tuple(float(v) for v in np.asarray(color, dtype=np.float64).reshape(3))
 
@@ -144,13 +151,27 @@ class _ColorTracker(VideoVisualizer):
 
 
 class _PaletteVisualizer(Visualizer):
-    """Visualizer that draws with given colours instead of picking random ones per call."""
+    """Visualizer that draws with given colours instead of picking random ones per call, and
+    optionally given labels and no boxes where masks are drawn (VideoVisualizer's look)."""
 
-    def __init__(self, img_rgb: np.ndarray, metadata: Metadata, colors: list[Color]):
+    def __init__(
+        self,
+        img_rgb: np.ndarray,
+        metadata: Metadata,
+        colors: list[Color],
+        labels: list[str] | None = None,
+        boxes_with_masks: bool = True,
+    ):
         super().__init__(img_rgb, metadata, instance_mode=ColorMode.IMAGE)
         self._colors = colors
+        self._labels = labels
+        self._boxes_with_masks = boxes_with_masks
 
     def overlay_instances(self, *, assigned_colors=None, **kwargs):
         if assigned_colors is None:
             assigned_colors = self._colors
+        if self._labels is not None:
+            kwargs["labels"] = self._labels
+        if not self._boxes_with_masks and kwargs.get("masks") is not None:
+            kwargs["boxes"] = None
         return super().overlay_instances(assigned_colors=assigned_colors, **kwargs)

@@ -11,10 +11,7 @@ import cv2
 import numpy as np
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Instances
-from detectron2.utils.visualizer import (
-    _SMALL_OBJECT_AREA_THRESH,
-    _create_text_labels,
-)
+from detectron2.utils.visualizer import _SMALL_OBJECT_AREA_THRESH
 
 from instseg.viz.colors import (
     _DPI,
@@ -23,6 +20,7 @@ from instseg.viz.colors import (
     _label_rgb,
     _to_bgr255,
     image_colors,
+    track_colors,
 )
 from instseg.viz.renderer import (
     Renderer,
@@ -31,6 +29,7 @@ from instseg.viz.renderer import (
     _masks_numpy,
     _num_instances,
     _to_cpu,
+    instance_labels,
 )
 
 logger = logging.getLogger(__name__)
@@ -81,7 +80,9 @@ class FastRenderer(Renderer):
                 np.float64
             )
 
-        if self.video:
+        if instances.has("track_id"):
+            colors = track_colors(instances.track_id.tolist())
+        elif self.video:
             colors = self._tracker.assign_colors(instances, boxes)
         else:
             classes = instances.pred_classes.tolist() if instances.has("pred_classes") else None
@@ -118,9 +119,7 @@ class FastRenderer(Renderer):
         if masks is not None:
             self._draw_outlines(image, order, bgr, masks, rects)
 
-        classes = instances.pred_classes.tolist() if instances.has("pred_classes") else None
-        scores = instances.scores.tolist() if instances.has("scores") else None
-        labels = _create_text_labels(classes, scores, self.metadata.get("thing_classes", None))
+        labels = instance_labels(instances, self.metadata)
         if labels is not None:
             use_mask_anchor = masks is not None and not show_boxes
             for i in order:

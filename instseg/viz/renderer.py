@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from detectron2.data.catalog import Metadata
 from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.visualizer import _create_text_labels
 
 from instseg.viz.colors import Color, _ColorTracker
 
@@ -67,6 +68,21 @@ def _masks_numpy(instances: Instances, height: int, width: int) -> np.ndarray | 
     return np.ascontiguousarray(masks)
 
 
+def instance_labels(instances: Instances, metadata: Metadata) -> list[str] | None:
+    """Visualizer's "class score%" labels, led by the track id in tracked videos ("#7 car 93%")."""
+    classes = instances.pred_classes.tolist() if instances.has("pred_classes") else None
+    scores = instances.scores.tolist() if instances.has("scores") else None
+    labels = _create_text_labels(classes, scores, metadata.get("thing_classes", None))
+    if instances.has("track_id"):
+        ids = instances.track_id.tolist()
+        labels = (
+            [f"#{i}" for i in ids]
+            if labels is None
+            else [f"#{i} {label}" for i, label in zip(ids, labels, strict=True)]
+        )
+    return labels
+
+
 def _boxes_numpy(instances: Instances) -> np.ndarray | None:
     if not instances.has("pred_boxes"):
         return None
@@ -84,7 +100,8 @@ class Renderer(ABC):
     Args:
         metadata: dataset metadata with ``thing_classes`` (label names) and optionally
             ``thing_colors`` (RGB 0-255 per class).
-        video: track instances across successive ``draw`` calls so an object keeps its colour.
+        video: track instances across successive ``draw`` calls so an object keeps its colour;
+            instances with a ``track_id`` (a tracked video) take their colour from it instead.
 
     Attributes:
         last_colors (list[Color]): RGB [0, 1] colour of each instance of the last ``draw`` call,

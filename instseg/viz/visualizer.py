@@ -9,8 +9,15 @@ import numpy as np
 import torch
 from detectron2.structures import BitMasks, Instances
 
-from instseg.viz.colors import _as_color, _PaletteVisualizer, image_colors
-from instseg.viz.renderer import Renderer, _as_bgr_uint8, _masks_numpy, _num_instances, _to_cpu
+from instseg.viz.colors import _as_color, _PaletteVisualizer, image_colors, track_colors
+from instseg.viz.renderer import (
+    Renderer,
+    _as_bgr_uint8,
+    _masks_numpy,
+    _num_instances,
+    _to_cpu,
+    instance_labels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +43,18 @@ class VisualizerRenderer(Renderer):
             ).get_bounding_boxes()
 
         rgb = image[:, :, ::-1]
-        if self.video:
+        if instances.has("track_id"):
+            # A tracked video: colour and label by track id, in VideoVisualizer's look.
+            self.last_colors = track_colors(instances.track_id.tolist())
+            visualizer = _PaletteVisualizer(
+                rgb,
+                self.metadata,
+                self.last_colors,
+                labels=instance_labels(instances, self.metadata),
+                boxes_with_masks=not self.video,
+            )
+            vis_image = visualizer.draw_instance_predictions(instances)
+        elif self.video:
             self._tracker.last_assigned = []
             vis_image = self._tracker.draw_instance_predictions(rgb, instances)
             if instances.has("COLOR"):
