@@ -113,6 +113,8 @@ def add_instseg_config(cfg: CfgNode) -> None:
     _C.INSTSEG.TRACK.MIN_IOU = 0.3
     # A track is kept while lost only once it was seen in more than this many frames.
     _C.INSTSEG.TRACK.MIN_INSTANCE_PERIOD = 0
+    # Instances scoring under this are not tracked (no track id; not in the track files).
+    _C.INSTSEG.TRACK.MIN_SCORE = 0.5
     # Tracks seen in fewer frames are listed in NAME.tracks.json but not counted as objects.
     _C.INSTSEG.TRACK.MIN_FRAMES = 3
 

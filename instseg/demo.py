@@ -203,11 +203,19 @@ def _write_demo_report(
         ReportSection(
             "Annotated video",
             f"{video.frames} frames at {video.fps:.0f} fps, {video.width}x{video.height}; "
-            f"{video.throughput:.1f} frames/s through the pipeline.",
+            f"{video.throughput:.1f} frames/s through the pipeline"
+            + (
+                "; objects tracked: "
+                + (", ".join(f"{n} {name}" for name, n in video.objects.items()) or "none")
+                if video.tracks is not None
+                else ""
+            )
+            + ".",
             links=[
                 ("annotated video", Path(video.video)),
                 ("per-frame predictions (JSON lines)", Path(video.predictions)),
-            ],
+            ]
+            + ([("tracks (MOTChallenge CSV)", Path(video.tracks))] if video.tracks else []),
         ),
     ]
     md, _ = write_report(out, "instseg demo report", sections)

@@ -259,6 +259,8 @@ def main() -> None:
             "TEST.DETECTIONS_PER_IMAGE", str(args.max_instances),
             # Every instance drawn, as the demo loop draws them (random weights score low).
             "INSTSEG.PREDICT.DRAW_SCORE", "0.0",
+            # ... and tracked, so the tracker's cost is that of 10 instances per frame.
+            "INSTSEG.TRACK.MIN_SCORE", "0.0",
             "INSTSEG.PREDICT.BATCH_SIZE", str(args.batch_size),
             "INSTSEG.VIDEO.CODEC", args.codec,
         ]  # fmt: skip

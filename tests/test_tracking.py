@@ -22,6 +22,7 @@ from instseg.io.clips import write_test_clip
 from instseg.viz.colors import track_colors
 from instseg.viz.fast_renderer import FastRenderer
 from instseg.viz.renderer import instance_labels
+from instseg.viz.visualizer import VisualizerRenderer
 
 mm = pytest.importorskip("motmetrics")
 
@@ -111,26 +112,47 @@ def test_lost_tracks_wait_max_lost_frames():
         assert (tracker.update(instances(box, [2])).tolist() == first) is same
 
 
+def test_low_scores_are_not_tracked():
+    tracker = Tracker(TrackOptions(min_score=0.5), 320, 240)
+    ids = tracker.update(instances([[0, 0, 40, 40], [100, 100, 150, 150]], [0, 1], [0.9, 0.3]))
+    assert ids.tolist() == [1, 0]
+    inst = instances([[0, 0, 40, 40], [100, 100, 150, 150]], [0, 1], [0.9, 0.3])
+    inst.track_id = ids
+    assert instance_labels(inst, sample_metadata()) == ["#1 ellipse 90%", "triangle 30%"]
+    assert TrackLog(["ellipse", "triangle"]).lines(inst, 0, 0.0).count("\n") == 1
+
+
 def test_bad_track_options_are_config_errors():
-    for key, value in (("METHOD", "'sort'"), ("MIN_IOU", "0.0"), ("MAX_LOST_FRAMES", "-1")):
+    bad = (
+        ("METHOD", "'sort'"),
+        ("MIN_IOU", "0.0"),
+        ("MAX_LOST_FRAMES", "-1"),
+        ("MIN_SCORE", "2.0"),
+    )
+    for key, value in bad:
         cfg = build_cfg(opts=[f"INSTSEG.TRACK.{key}", value])
         with pytest.raises(ConfigError, match="INSTSEG.TRACK"):
             TrackOptions.from_cfg(cfg)
 
 
-def test_labels_and_colours_follow_the_track_id():
+@pytest.mark.parametrize("renderer_class", [FastRenderer, VisualizerRenderer])
+def test_labels_and_colours_follow_the_track_id(renderer_class):
     inst = instances([[10, 10, 60, 60], [100, 100, 160, 150]], [0, 1], [0.93, 0.5])
     inst.track_id = torch.tensor([7, 2])
-    assert instance_labels(inst, build_cfg_metadata()) == ["#7 ellipse 93%", "#2 triangle 50%"]
-    renderer = FastRenderer(build_cfg_metadata(), video=True)
-    renderer.draw(np.zeros((240, 320, 3), np.uint8), inst)
+    masks = torch.zeros(2, 240, 320, dtype=torch.bool)
+    masks[0, 15:55, 15:55] = masks[1, 105:145, 105:155] = True
+    inst.pred_masks = masks
+    assert instance_labels(inst, sample_metadata()) == ["#7 ellipse 93%", "#2 triangle 50%"]
+    renderer = renderer_class(sample_metadata(), video=True)
+    blank = np.zeros((240, 320, 3), np.uint8)
+    drawn = renderer.draw(blank, inst)
     assert renderer.last_colors == track_colors([7, 2])
-    renderer.draw(np.zeros((240, 320, 3), np.uint8), inst[[1]])  # id 7 missing for a frame
-    renderer.draw(np.zeros((240, 320, 3), np.uint8), inst)
-    assert renderer.last_colors == track_colors([7, 2])  # colour is identity
+    renderer.draw(blank, inst[[1]])  # id 7 missing for a frame
+    assert (renderer.draw(blank, inst) == drawn).all()  # colour is identity
+    assert renderer.last_colors == track_colors([7, 2])
 
 
-def build_cfg_metadata():
+def sample_metadata():
     from detectron2.data.catalog import Metadata
 
     return Metadata(thing_classes=["ellipse", "triangle", "rectangle", "star", "cross"])
@@ -163,7 +185,9 @@ def model_files(trained_run):
 def test_predicted_tracks_agree_between_jsonl_and_mot_csv(model_files, tmp_path):
     frames = [frame for frame, _ in tracking_clip(num_frames=16, size=SIZE)]
     clip = write_test_clip(tmp_path / "clip.mp4", frames, fps=10, codec="auto").path
-    cfg = load_model_config(*model_files, ["INSTSEG.VIDEO.FRAME_STRIDE", "2"])
+    # The suite's briefly trained model scores low: track what it finds.
+    opts = ["INSTSEG.VIDEO.FRAME_STRIDE", "2", "INSTSEG.TRACK.MIN_SCORE", "0.1"]
+    cfg = load_model_config(*model_files, opts)
     result = predict_video(
         cfg, clip, tmp_path / "out", predictor=BatchPredictor(cfg), progress=False
     )
@@ -171,10 +195,13 @@ def test_predicted_tracks_agree_between_jsonl_and_mot_csv(model_files, tmp_path)
 
     lines = [json.loads(line) for line in result.predictions.read_text().splitlines()]
     assert [line["frame"] for line in lines] == list(range(0, 16, 2))
+    results = [(line["frame"], r) for line in lines for r in line["results"]]
+    # Instances under INSTSEG.TRACK.MIN_SCORE carry no id and stay out of the CSV.
+    assert all((r["track_id"] is None) == (r["score"] < 0.1) for _, r in results)
     from_jsonl = {
-        (line["frame"] + 1, r["track_id"]): (r["bbox"], r["score"], r["category_id"])
-        for line in lines
-        for r in line["results"]
+        (frame + 1, r["track_id"]): (r["bbox"], r["score"], r["category_id"])
+        for frame, r in results
+        if r["track_id"] is not None
     }
     assert from_jsonl, "the trained model found nothing to track"
     with result.tracks.open(newline="") as f:
@@ -190,7 +217,7 @@ def test_predicted_tracks_agree_between_jsonl_and_mot_csv(model_files, tmp_path)
         assert from_csv[key][2] == category
     # Each frame's ids are distinct; the CSV is what py-motmetrics reads.
     for line in lines:
-        ids = [r["track_id"] for r in line["results"]]
+        ids = [r["track_id"] for r in line["results"] if r["track_id"] is not None]
         assert len(set(ids)) == len(ids)
     loaded = mm.io.loadtxt(str(result.tracks), fmt="mot15-2D")
     assert len(loaded) == len(rows)
@@ -202,12 +229,17 @@ def test_predicted_tracks_agree_between_jsonl_and_mot_csv(model_files, tmp_path)
     assert result.objects == summary["objects_per_class"]
 
 
-def test_tracking_off_writes_no_track_files(model_files, tmp_path):
+def test_tracking_off_writes_no_track_files_and_removes_old_ones(model_files, tmp_path):
     frames = [frame for frame, _ in tracking_clip(num_frames=3, size=SIZE)]
     clip = write_test_clip(tmp_path / "clip.mp4", frames, fps=10, codec="auto").path
+    tracked = load_model_config(*model_files)
+    predictor = BatchPredictor(tracked)
+    predict_video(tracked, clip, tmp_path / "out", predictor=predictor, progress=False)
+    assert (tmp_path / "out" / "clip.tracks.csv").is_file()
+    # Redone without tracking: the earlier run's track files go with the outputs they matched.
     cfg = load_model_config(*model_files, ["INSTSEG.TRACK.METHOD", "none"])
     result = predict_video(
-        cfg, clip, tmp_path / "out", predictor=BatchPredictor(cfg), progress=False
+        cfg, clip, tmp_path / "out", overwrite=True, predictor=predictor, progress=False
     )
     assert result.ok and result.tracks is None
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [

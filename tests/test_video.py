@@ -509,6 +509,7 @@ def test_several_videos_on_the_command_line(model_files, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "2 video(s): 2 ok, 0 skipped, 0 failed" in done.stdout
+    assert done.stdout.count(".tracks.csv: ") == 2  # objects per class, one line a video
     for name in ("v1", "v2"):
         assert len(read_jsonl(tmp_path / "out" / f"{name}.predictions.jsonl")) == 2
     assert "DEVICE: cpu" in (tmp_path / "out" / "config.yaml").read_text()

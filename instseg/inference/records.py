@@ -1,7 +1,8 @@
 """The one record format of predictions, for image files and video frames alike: Detectron2's
 ``instances_to_coco_json`` (COCO results: ``image_id``, ``category_id``, ``bbox`` as float XYWH,
 ``score``, ``segmentation`` as RLE with ``counts`` a str), with the output's category ids, and
-``track_id`` for the instances of a tracked video."""
+``track_id`` for the instances of a tracked video (null for one scoring under
+``INSTSEG.TRACK.MIN_SCORE``)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def coco_results(
         c = result["category_id"]
         result["category_id"] = category_ids[c] if category_ids is not None else c + 1
         if track_ids is not None:
-            result["track_id"] = track_ids[k]
+            result["track_id"] = track_ids[k] or None  # 0: under INSTSEG.TRACK.MIN_SCORE
     return results
 
 

@@ -47,7 +47,7 @@ class TrackLog:
     tracks: dict[int, _Track] = field(default_factory=dict)
 
     def lines(self, instances: Instances, frame_index: int, time: float) -> str:
-        """The CSV lines of one frame's tracked instances (CPU, with ``track_id``)."""
+        """The CSV lines of one frame's tracked instances (CPU, with ``track_id``; 0 is none)."""
         if len(instances) == 0:
             return ""
         boxes = instances.pred_boxes.tensor.numpy().astype(np.float64)
@@ -56,6 +56,8 @@ class TrackLog:
         scores = instances.scores.tolist()
         out = []
         for (x0, y0, x1, y1), track_id, c, score in zip(boxes, ids, classes, scores, strict=True):
+            if track_id == 0:  # under INSTSEG.TRACK.MIN_SCORE: not tracked
+                continue
             track = self.tracks.setdefault(track_id, _Track(c + 1, frame_index, time))
             track.last_frame, track.last_time = frame_index, time
             track.frames += 1

@@ -74,12 +74,11 @@ def instance_labels(instances: Instances, metadata: Metadata) -> list[str] | Non
     scores = instances.scores.tolist() if instances.has("scores") else None
     labels = _create_text_labels(classes, scores, metadata.get("thing_classes", None))
     if instances.has("track_id"):
-        ids = instances.track_id.tolist()
-        labels = (
-            [f"#{i}" for i in ids]
-            if labels is None
-            else [f"#{i} {label}" for i, label in zip(ids, labels, strict=True)]
-        )
+        tags = [f"#{i}" if i else "" for i in instances.track_id.tolist()]  # 0: not tracked
+        if labels is None:
+            labels = tags
+        else:
+            labels = [f"{t} {label}" if t else label for t, label in zip(tags, labels, strict=True)]
     return labels
 
 
