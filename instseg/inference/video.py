@@ -24,8 +24,8 @@ two output stages: render (drawing and the JSONL record) and write (encoding and
 line), a thread each, so encoding overlaps a slow renderer (one thread doing both measured the
 same within noise with the fast renderer on two cores: scripts/bench_video.py --merged). A
 failure on any frame fails that video with one line;
-:func:`~instseg.inference.videos.predict_videos` goes on with the next. The video, its JSONL and its track files become visible together (one commit
-journal).
+:func:`~instseg.inference.videos.predict_videos` goes on with the next. The video, its JSONL
+and its track files become visible together (one commit journal).
 """
 
 from __future__ import annotations
@@ -265,9 +265,10 @@ def predict_video(
         result.source_bytes = path.stat().st_size
         video_path.parent.mkdir(parents=True, exist_ok=True)
         pipeline = pipeline or build_pipeline(cfg, predictor)
+        metadata = build_metadata(cfg)
         renderer = writer = None
         if options.render:
-            renderer = build_renderer(options.renderer, build_metadata(cfg), video=True)
+            renderer = build_renderer(options.renderer, metadata, video=True)
             writer = VideoWriter(
                 video_path,
                 # With a stride, frames keep their source times, so the nominal rate drops.
@@ -282,7 +283,7 @@ def predict_video(
         tracker = build_tracker(track_options, source.width, source.height)
         track_log = tracks_csv = None
         if tracker is not None:
-            track_log = TrackLog(list(build_metadata(cfg).thing_classes), track_options.min_frames)
+            track_log = TrackLog(list(metadata.thing_classes), track_options.min_frames)
             tracks_csv = AtomicFile(csv_path)
         clock = StageClock()
         total = expected_frames(source, options)
