@@ -3,7 +3,7 @@
 Part 1 trains both trainers on the same config and data, alternating rounds so that both see the
 same machine load, and reports seconds per iteration, the data-loading share and the wall time
 per iteration including one evaluation (instseg adds validation loss, model_best.pth and curves
-there). Part 2 runs the demo config on the sample dataset end to end and reports the val segm AP
+there), and instseg's Trainer with ``SOLVER.AMP.ENABLED`` (bf16 autocast on a CPU) beside them. Part 2 runs the demo config on the sample dataset end to end and reports the val segm AP
 and the wall time it took. The last line printed is a JSON object of all figures.
 
     .venv/bin/python scripts/bench_train.py [--iters 40] [--rounds 2] [--skip-demo]
@@ -68,10 +68,16 @@ def time_trainer(trainer_cls, cfg) -> dict:
 
 
 def bench_overhead(sample, work: Path, iters: int, rounds: int) -> dict:
-    results: dict[str, list[dict]] = {"plain": [], "instseg": []}
+    trainers = (
+        ("plain", PlainTrainer, []),
+        ("instseg", Trainer, []),
+        # SOLVER.AMP.ENABLED on a CPU: bf16 autocast of the forward (instseg.engine.amp).
+        ("instseg_bf16", Trainer, ["SOLVER.AMP.ENABLED", "True"]),
+    )
+    results: dict[str, list[dict]] = {name: [] for name, _, _ in trainers}
     for round_index in range(rounds):
-        for name, trainer_cls in (("plain", PlainTrainer), ("instseg", Trainer)):
-            opts = dataset_opts(sample, "bench") + [
+        for name, trainer_cls, extra in trainers:
+            opts = dataset_opts(sample, "bench") + extra + [
                 "SOLVER.MAX_ITER", str(iters),
                 "TEST.EVAL_PERIOD", str(iters),
                 "SOLVER.CHECKPOINT_PERIOD", str(iters * 10),
@@ -101,7 +107,11 @@ def bench_overhead(sample, work: Path, iters: int, rounds: int) -> dict:
         "instseg_data_share": mean("instseg", "data_share"),
         "plain_wall_per_iter": mean("plain", "wall_per_iter"),
         "instseg_wall_per_iter": mean("instseg", "wall_per_iter"),
+        "instseg_bf16_s_per_iter": mean("instseg_bf16", "s_per_iter"),
     }
+    figures["fp32_over_bf16_s_per_iter"] = (
+        figures["instseg_s_per_iter"] / figures["instseg_bf16_s_per_iter"]
+    )
     figures["s_per_iter_ratio"] = figures["instseg_s_per_iter"] / figures["plain_s_per_iter"]
     figures["wall_ratio"] = figures["instseg_wall_per_iter"] / figures["plain_wall_per_iter"]
     return figures
@@ -139,7 +149,8 @@ def main() -> None:
         figures.update(bench_overhead(sample, work, args.iters, args.rounds))
         print(
             f"instseg / plain DefaultTrainer: {figures['s_per_iter_ratio']:.3f}x s/iter, "
-            f"{figures['wall_ratio']:.3f}x wall incl. one evaluation"
+            f"{figures['wall_ratio']:.3f}x wall incl. one evaluation; "
+            f"fp32 / bf16 (SOLVER.AMP.ENABLED) s/iter: {figures['fp32_over_bf16_s_per_iter']:.2f}"
         )
         if not args.skip_demo:
             figures.update(bench_demo(sample, work))

@@ -21,8 +21,10 @@ from detectron2.utils.logger import setup_logger
 
 from instseg.config import build_cfg, save_cfg
 from instseg.data.catalog import register_datasets
+from instseg.engine.amp import AutocastTrainer
 from instseg.engine.checkpoints import FinetuneCheckpointer
 from instseg.engine.hooks import BestCheckpointer, PeriodicWriter, TrainingCurves, ValidationLoss
+from instseg.engine.precision import cpu_fast_bf16
 from instseg.io.atomic import remove_stale_temps
 
 logger = logging.getLogger(__name__)
@@ -35,13 +37,21 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode):
         # Detectron2 wraps the model in DistributedDataParallel with device_ids=[local rank],
         # which DDP rejects for a CPU model: CPU processes (gloo) must pass no device ids.
-        create_ddp_model = _d2_defaults.create_ddp_model
+        # On a CPU, SOLVER.AMP.ENABLED means bf16 autocast (instseg.engine.amp), built where
+        # Detectron2 would build its CUDA-only AMPTrainer.
+        create_ddp_model, amp_trainer = _d2_defaults.create_ddp_model, _d2_defaults.AMPTrainer
         if cfg.MODEL.DEVICE == "cpu":
             _d2_defaults.create_ddp_model = functools.partial(create_ddp_model, device_ids=None)
+            _d2_defaults.AMPTrainer = AutocastTrainer
+            if cfg.SOLVER.AMP.ENABLED:
+                fast, why = cpu_fast_bf16()
+                log = logger.info if fast else logger.warning
+                log("SOLVER.AMP.ENABLED on CPU: bf16 autocast (%s)", why)
         try:
             super().__init__(cfg)
         finally:
             _d2_defaults.create_ddp_model = create_ddp_model
+            _d2_defaults.AMPTrainer = amp_trainer
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
