@@ -204,12 +204,7 @@ def _write_demo_report(
             "Annotated video",
             f"{video.frames} frames at {video.fps:.0f} fps, {video.width}x{video.height}; "
             f"{video.throughput:.1f} frames/s through the pipeline"
-            + (
-                "; objects tracked: "
-                + (", ".join(f"{n} {name}" for name, n in video.objects.items()) or "none")
-                if video.tracks is not None
-                else ""
-            )
+            + (f"; objects tracked: {video.objects_text}" if video.tracks is not None else "")
             + ".",
             links=[
                 ("annotated video", Path(video.video)),

@@ -285,8 +285,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         ok = len(results) - len(failed) - skipped
         for r in results:
             if r.ok and r.tracks is not None:
-                objects = ", ".join(f"{n} {name}" for name, n in r.objects.items()) or "none"
-                print(f"{r.tracks}: {objects}")
+                print(f"{r.tracks}: {r.objects_text}")
         print(f"{len(results)} video(s): {ok} ok, {skipped} skipped, {len(failed)} failed")
         return 1 if failed else 0
     try:

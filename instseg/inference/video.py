@@ -109,6 +109,11 @@ class VideoResult:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def objects_text(self) -> str:
+        """The tracked objects per class as one phrase ("2 cat, 1 dog"; "none")."""
+        return ", ".join(f"{n} {name}" for name, n in self.objects.items()) or "none"
+
     def to_json(self) -> dict:
         """JSON-ready fields (paths as str), for handing results between processes."""
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -358,8 +363,9 @@ def _log_result(result: VideoResult) -> None:
     else:
         output = str(result.predictions)
     if result.tracks is not None:
-        objects = ", ".join(f"{n} {name}" for name, n in result.objects.items()) or "none"
-        logger.info("%s: objects tracked: %s (%s)", result.source, objects, result.tracks.name)
+        logger.info(
+            "%s: objects tracked: %s (%s)", result.source, result.objects_text, result.tracks.name
+        )
     logger.info(
         "%s: %d frames -> %s in %.1fs, %.2f frames/s; per frame: %s (first batch excluded)",
         result.source,
