@@ -92,7 +92,7 @@ def add_instseg_config(cfg: CfgNode) -> None:
     # Draw annotated images / videos.
     _C.INSTSEG.PREDICT.RENDER = True
     # "visualizer" (Detectron2's Visualizer / VideoVisualizer), "fast" (OpenCV drawing of the
-    # same masks, boxes, labels and colours) or "auto" (fast for videos, visualizer for images).
+    # same masks, boxes, labels and colours) or "auto" (fast: scripts/bench_predict.py).
     _C.INSTSEG.PREDICT.RENDERER = "auto"
     # Annotated images and videos show instances scoring at least this; the results files
     # (predictions.json, JSONL) keep every instance above MODEL.ROI_HEADS.SCORE_THRESH_TEST, so
@@ -102,6 +102,21 @@ def add_instseg_config(cfg: CfgNode) -> None:
     _C.INSTSEG.PREDICT.SAVE_MASKS = False
     # Bounded queue length between pipeline stages; memory stays flat for any input size.
     _C.INSTSEG.PREDICT.QUEUE_SIZE = 8
+
+    # Tiled inference for large images and small objects (instseg.inference.tiles): images
+    # larger than SIZE are cut into overlapping SIZE x SIZE tiles, each predicted at model
+    # resolution, BATCH_SIZE tiles per forward pass, and the tiles' instances merged into one set.
+    _C.INSTSEG.PREDICT.TILES = CfgNode()
+    # Tile side in pixels (0: no tiling).
+    _C.INSTSEG.PREDICT.TILES.SIZE = 0
+    # Fraction of a tile shared with each neighbour; objects up to about this times SIZE are
+    # seen whole by some tile.
+    _C.INSTSEG.PREDICT.TILES.OVERLAP = 0.2
+    # Also predict the whole image (resized as without tiling), for objects larger than a tile.
+    _C.INSTSEG.PREDICT.TILES.FULL_IMAGE = True
+    # Two instances of one class from different tiles are one object when, where both tiles
+    # see, their masks' intersection is at least this fraction of the smaller mask (IoS).
+    _C.INSTSEG.PREDICT.TILES.MATCH_IOS = 0.5
 
     _C.INSTSEG.TRACK = CfgNode()
     # Identities across a video's frames (instseg.inference.tracking): "hungarian" (Detectron2's

@@ -106,6 +106,25 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
         help="images per forward pass (INSTSEG.PREDICT.BATCH_SIZE)",
     )
     parser.add_argument(
+        "--tile",
+        type=int,
+        metavar="SIZE",
+        help="tiled inference for large images: SIZE x SIZE tiles (INSTSEG.PREDICT.TILES.SIZE)",
+    )
+    parser.add_argument(
+        "--tile-overlap",
+        type=float,
+        metavar="F",
+        help="fraction of a tile shared with each neighbour (INSTSEG.PREDICT.TILES.OVERLAP, 0.2)",
+    )
+    parser.add_argument(
+        "--no-full-image",
+        action="store_true",
+        default=None,
+        help="with --tile, tiles only: no whole-image pass for large objects "
+        "(INSTSEG.PREDICT.TILES.FULL_IMAGE)",
+    )
+    parser.add_argument(
         "--no-render",
         action="store_true",
         default=None,
@@ -214,6 +233,8 @@ _PREDICT_FLAG_KEYS = (
     ("renderer", "INSTSEG.PREDICT.RENDERER"),
     ("draw_score", "INSTSEG.PREDICT.DRAW_SCORE"),
     ("precision", "INSTSEG.PREDICT.PRECISION"),
+    ("tile", "INSTSEG.PREDICT.TILES.SIZE"),
+    ("tile_overlap", "INSTSEG.PREDICT.TILES.OVERLAP"),
 )
 
 
@@ -233,6 +254,8 @@ def build_predict_options(args: argparse.Namespace):
         opts += ["INSTSEG.PREDICT.CLASSES", repr(names)]
     if args.no_render:
         opts += ["INSTSEG.PREDICT.RENDER", "False"]
+    if args.no_full_image:
+        opts += ["INSTSEG.PREDICT.TILES.FULL_IMAGE", "False"]
     if args.save_masks:
         opts += ["INSTSEG.PREDICT.SAVE_MASKS", "True"]
     return PredictOptions(

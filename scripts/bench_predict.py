@@ -1,21 +1,22 @@
 """Throughput and memory of ``instseg predict`` against its limit and the naive per-image loop.
 
 On the same generated images (sample-dataset scenes, written as JPEGs) and the same model, in one
-run:
+run, for each network precision of ``--precisions`` (``INSTSEG.PREDICT.PRECISION``):
 
 (a) model only: preprocessed tensors straight into the model, batch by batch (the limit), with
-    the model as instseg runs it (norms folded, channels-last: ``INSTSEG.PREDICT.OPTIMIZE_MODEL``);
-    (a0), the same with Detectron2's model unmodified, is printed for reference;
+    the model as instseg runs it (norms folded, channels-last: ``INSTSEG.PREDICT.OPTIMIZE_MODEL``)
+    in that precision; (a0), Detectron2's model unmodified in fp32, is printed for reference;
 (b) the naive loop of Detectron2's demo: ``cv2.imread``, ``DefaultPredictor``, ``Visualizer``,
-    ``cv2.imwrite``, one image at a time;
-(c) :func:`instseg.predict.predict_images`, rendering on with the Visualizer renderer.
+    ``cv2.imwrite``, one image at a time (fp32: DefaultPredictor has no other precision);
+(c) :func:`instseg.predict.predict_images` in that precision with its default renderer (the fast
+    one), and (v) the same with the Visualizer renderer that (b) draws with.
 
 Each figure is steady-state images/s: the first batch (or image) of each pays one-off start-up
-costs and is left out. ``--rounds`` repeats (a), (b), (c), each round in another order; the
-images/s printed are each method's best round (other processes sharing the CPU only ever slow a
-round down), the ratios the median of the ratios within each round (taken under the same load). Then the peak
-RSS of ``instseg predict`` processes on 50 and 500 small images (demo R18 config, random init,
-rendering on) shows whether memory grows with the number of inputs.
+costs and is left out. ``--rounds`` repeats every row, each round in another order; the
+images/s printed are each row's best round (other processes sharing the CPU only ever slow a
+round down), the ratios the median of the ratios within each round (taken under the same load).
+Then the peak RSS of ``instseg predict`` processes on 50 and 500 small images (demo R18 config,
+random init, rendering on) shows whether memory grows with the number of inputs.
 
 Without ``--weights`` the model is the config's, randomly initialised (no download needed) with
 ``TEST.DETECTIONS_PER_IMAGE`` instances per image. The last line is a JSON object of the figures.
@@ -26,7 +27,6 @@ Without ``--weights`` the model is the config's, randomly initialised (no downlo
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
@@ -108,13 +108,15 @@ def model_only(cfg, paths: list[Path], batch_size: int) -> float:
     return sum(len(b) for b in batches[1:]) / (time.perf_counter() - start)
 
 
-def with_stock_model(cfg):
-    """``cfg`` with the model left as Detectron2 builds it (no folding, no channels-last)."""
-    stock = cfg.clone()
-    stock.defrost()
-    stock.INSTSEG.PREDICT.OPTIMIZE_MODEL = False
-    stock.freeze()
-    return stock
+def with_predict(cfg, **settings):
+    """``cfg`` with ``INSTSEG.PREDICT`` settings changed (``OPTIMIZE_MODEL=False``: the model left
+    as Detectron2 builds it)."""
+    changed = cfg.clone()
+    changed.defrost()
+    for key, value in settings.items():
+        changed.INSTSEG.PREDICT[key] = value
+    changed.freeze()
+    return changed
 
 
 def naive_loop(cfg, paths: list[Path], out_dir: Path) -> float:
@@ -137,15 +139,15 @@ def naive_loop(cfg, paths: list[Path], out_dir: Path) -> float:
     return (len(paths) - 1) / (time.perf_counter() - start)
 
 
-def pipeline(cfg, image_dir: Path, out_dir: Path, workers: int) -> tuple[float, float]:
-    """(c): steady-state images/s of predict_images, and its end-to-end images/s."""
+def pipeline(cfg, image_dir: Path, out_dir: Path, workers: int) -> float:
+    """(c): steady-state images/s of predict_images."""
     options = PredictOptions(
         output_dir=str(out_dir), existing="overwrite", progress=False, num_workers=workers
     )
     result = predict_images(cfg, str(image_dir), options)
     if result.errors:
         raise RuntimeError(f"predict failed on {result.errors} image(s)")
-    return result.images_per_s, result.ok / result.seconds
+    return result.images_per_s
 
 
 def peak_rss_mb(
@@ -193,7 +195,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="(a) and (c) batch size (1)")
     parser.add_argument("--num-workers", type=int, default=1, help="(c) processes (1)")
     parser.add_argument("--detections", type=int, default=10, help="instances per image (10)")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat (a), (b), (c) (default 1)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every row (default 1)")
+    parser.add_argument(
+        "--precisions", default="fp32,bf16", help="network precisions of (a) and (c) (fp32,bf16)"
+    )
     parser.add_argument("--skip-rss", action="store_true", help="leave out the RSS part")
     parser.add_argument("--work-dir", help="keep files here (default: a temporary folder)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="overrides")
@@ -221,72 +226,58 @@ def main() -> None:
         "0.0",
         "INSTSEG.PREDICT.BATCH_SIZE",
         str(args.batch_size),
-        "INSTSEG.PREDICT.RENDERER",
-        "visualizer",
         *args.opts,
     ]
     cfg = load_model_config([args.config], str(weights), opts)
     image_dir = work / "images"
     paths = write_images(image_dir, args.images, args.size)
     width, height = args.size
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     print(
         f"{args.images} images {width}x{height}, {args.config}, batch {args.batch_size}, "
-        f"(c) in {args.num_workers} process(es), "
+        f"(c) in {args.num_workers} process(es), precisions {', '.join(precisions)}, "
         f"{args.detections} instances/image, torch threads {torch.get_num_threads()}, "
         f"{os.cpu_count()} CPUs"
     )
 
-    # Every order of the three, in turn, so none always runs first or last; ratios are taken
-    # within each round (same machine load) and their median reported.
-    orders = list(itertools.permutations(("model", "naive", "predict")))
-    runs: dict[str, list[float]] = {
-        "model": [],
-        "model_stock": [],
-        "naive": [],
-        "predict": [],
-        "predict_e2e": [],
-    }
+    def run_row(name: str) -> float:
+        kind, _, precision = name.partition("_")
+        if kind == "stock":
+            return model_only(with_predict(cfg, OPTIMIZE_MODEL=False), paths, args.batch_size)
+        if kind == "naive":
+            return naive_loop(cfg, paths, work / "naive")
+        row_cfg = with_predict(cfg, PRECISION=precision)
+        if kind == "model":
+            return model_only(row_cfg, paths, args.batch_size)
+        renderer = "visualizer" if kind == "visualizer" else "auto"
+        row_cfg = with_predict(row_cfg, RENDERER=renderer)
+        return pipeline(row_cfg, image_dir, work / name, args.num_workers)
+
+    # Every row each round, in an order shifted round by round so none always runs first or
+    # last; ratios are taken within each round (same machine load) and their median reported.
+    names = ["stock", "naive"] + [
+        f"{kind}_{precision}"
+        for precision in precisions
+        for kind in ("model", "predict", "visualizer")
+    ]
+    runs: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(args.rounds):
-        for name in orders[round_index % len(orders)]:
-            if name == "model":
-                runs["model"].append(model_only(cfg, paths, args.batch_size))
-                runs["model_stock"].append(
-                    model_only(with_stock_model(cfg), paths, args.batch_size)
-                )
-            elif name == "naive":
-                runs["naive"].append(naive_loop(cfg, paths, work / "naive"))
-            else:
-                steady, end_to_end = pipeline(cfg, image_dir, work / "predict", args.num_workers)
-                runs["predict"].append(steady)
-                runs["predict_e2e"].append(end_to_end)
+        shift = round_index * len(names) // max(args.rounds, 1)
+        for name in names[shift:] + names[:shift]:
+            runs[name].append(run_row(name))
         print(
             f"round {round_index + 1}: "
             + ", ".join(f"{k} {v[-1]:.3f}" for k, v in runs.items())
-            + f" images/s; c/a {runs['predict'][-1] / runs['model'][-1]:.2f}, "
-            f"c/b {runs['predict'][-1] / runs['naive'][-1]:.2f}"
+            + " images/s"
         )
-    best = {name: max(values) for name, values in runs.items()}
-    ratios = {
-        "c_over_a": statistics.median(
-            c / a for c, a in zip(runs["predict"], runs["model"], strict=True)
-        ),
-        "c_over_b": statistics.median(
-            c / b for c, b in zip(runs["predict"], runs["naive"], strict=True)
-        ),
-    }
-    print(f"(a) model only        {best['model']:.3f} images/s (best round)")
-    print(f"(a0) unmodified model {best['model_stock']:.3f} images/s")
-    print(f"(b) naive loop        {best['naive']:.3f} images/s")
-    print(
-        f"(c) instseg predict   {best['predict']:.3f} images/s "
-        f"(end to end {best['predict_e2e']:.3f})"
-    )
-    print(
-        f"median of per-round ratios: c/a {ratios['c_over_a']:.2f} (target >= 0.85), "
-        f"c/b {ratios['c_over_b']:.2f} (>= 1.15)"
-    )
 
-    figures = {
+    def ratio(top: str, bottom: str) -> float:
+        return statistics.median(a / b for a, b in zip(runs[top], runs[bottom], strict=True))
+
+    best = {name: max(values) for name, values in runs.items()}
+    print(f"(a0) unmodified model, fp32   {best['stock']:.3f} images/s (best round)")
+    print(f"(b) naive loop, fp32           {best['naive']:.3f} images/s")
+    figures: dict = {
         "images": args.images,
         "width": width,
         "height": height,
@@ -294,13 +285,37 @@ def main() -> None:
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
         "rounds": args.rounds,
-        "model_images_per_s": round(best["model"], 3),
-        "stock_model_images_per_s": round(best["model_stock"], 3),
+        "stock_model_images_per_s": round(best["stock"], 3),
         "naive_images_per_s": round(best["naive"], 3),
-        "predict_images_per_s": round(best["predict"], 3),
-        "predict_end_to_end_images_per_s": round(best["predict_e2e"], 3),
-        "c_over_a": round(ratios["c_over_a"], 3),
-        "c_over_b": round(ratios["c_over_b"], 3),
+    }
+    for precision in precisions:
+        model, predict, visualizer = (
+            f"{k}_{precision}" for k in ("model", "predict", "visualizer")
+        )
+        print(f"(a) model only, {precision:<14} {best[model]:.3f} images/s")
+        print(
+            f"(c) instseg predict, {precision:<9} {best[predict]:.3f} images/s: "
+            f"c/a {ratio(predict, model):.2f}, c/b {ratio(predict, 'naive'):.2f}"
+        )
+        print(
+            f"(v) the same, Visualizer     {best[visualizer]:.3f} images/s: "
+            f"v/a {ratio(visualizer, model):.2f}, v/b {ratio(visualizer, 'naive'):.2f}"
+        )
+        figures.update(
+            {
+                f"model_{precision}_images_per_s": round(best[model], 3),
+                f"predict_{precision}_images_per_s": round(best[predict], 3),
+                f"visualizer_{precision}_images_per_s": round(best[visualizer], 3),
+                f"c_over_a_{precision}": round(ratio(predict, model), 3),
+                f"c_over_b_{precision}": round(ratio(predict, "naive"), 3),
+                f"v_over_a_{precision}": round(ratio(visualizer, model), 3),
+                f"v_over_b_{precision}": round(ratio(visualizer, "naive"), 3),
+            }
+        )
+        if precision != precisions[0]:
+            speedup = ratio(model, f"model_{precisions[0]}")
+            figures[f"model_{precision}_over_{precisions[0]}"] = round(speedup, 3)
+    figures |= {
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

@@ -103,6 +103,25 @@ def trained_run(tmp_path_factory, dataset_opts, tiny_opts):
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """(output folder, stdout) of one `instseg demo --quick` run, as a newcomer runs it; its
+    model (train/model_final.pth, 250 iterations on the sample data) serves the tests that need
+    one that has learned something."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("demo")
+    proc = subprocess.run(
+        [sys.executable, "-m", "instseg.cli", "demo", "--quick", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout
+
+
 def kill_at_random_moments(command: list[str], env: dict, duration: float, seed: int) -> int:
     """Start ``command`` 10 times, each killed with SIGKILL at a random moment between a fifth
     of ``duration`` and all of it (if still running); returns how many were killed."""

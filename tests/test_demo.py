@@ -3,8 +3,6 @@
 import csv
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,19 +11,6 @@ from pycocotools.coco import COCO
 
 from instseg.demo import GRID_IMAGES, THREE_PANEL_IMAGES, VIDEO_FRAMES, VIDEO_SIZE
 from instseg.io.video_reader import open_video
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    proc = subprocess.run(
-        [sys.executable, "-m", "instseg.cli", "demo", "--quick", "--output", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc.stdout
 
 
 def test_demo_prints_ap_and_report(demo_run):

@@ -12,11 +12,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "instseg"
 ALLOWED = {
     "errors": set(),
     "io": {"errors"},
+    "structures": set(),
     "config": {"errors", "io"},
-    "data": {"errors", "io", "config"},
-    "viz": {"errors", "io", "config"},
-    "engine": {"errors", "io", "config", "data", "viz"},
-    "inference": {"errors", "io", "config", "data", "viz", "engine"},
+    "data": {"errors", "io", "config", "structures"},
+    "viz": {"errors", "io", "config", "structures"},
+    "engine": {"errors", "io", "config", "data", "viz", "structures"},
+    "inference": {"errors", "io", "config", "data", "viz", "engine", "structures"},
 }
 APPS = {"cli", "predict_cli", "dataset_cli", "demo", "doctor", "__init__"}
 MAX_LINES = 400

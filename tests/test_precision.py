@@ -29,6 +29,33 @@ def test_forced_and_unknown_precisions():
         resolve_precision("int8", "cpu")
 
 
+def test_forced_bf16_without_fast_bf16_runs_emulated_with_a_warning(monkeypatch, caplog):
+    """A CPU without AMX still runs bf16 (PyTorch emulates it, slower than fp32): forcing it is
+    allowed, with one warning; auto never picks it there."""
+    monkeypatch.setattr(precision_module, "cpu_fast_bf16", lambda: (False, "no AMX here"))
+    precision_module._warn_once.cache_clear()
+    with caplog.at_level("WARNING", logger="instseg.engine.precision"):
+        chosen = resolve_precision("bf16", "cpu")
+        resolve_precision("bf16", "cpu")
+    assert chosen.dtype is torch.bfloat16 and "emulated (no AMX here)" in chosen.reason
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ["INSTSEG.PREDICT.PRECISION bf16 on this CPU: no AMX here; slower than fp32"]
+
+
+def test_auto_is_resolved_in_the_config_a_job_records(trained_run, monkeypatch):
+    """The run's config.yaml says what the network ran in, not "auto"."""
+    run = Path(trained_run)
+    for fast in (True, False):
+        monkeypatch.setattr(precision_module, "cpu_fast_bf16", lambda fast=fast: (fast, "probe"))
+        cfg = load_model_config(
+            [str(run / "config.yaml")],
+            str(run / "model_final.pth"),
+            ["MODEL.DEVICE", "cpu", "INSTSEG.PREDICT.PRECISION", "auto"],
+        )
+        recorded = cfg.INSTSEG.PREDICT.PRECISION
+        assert recorded == ("bf16" if fast else "fp32")
+
+
 def test_the_capability_check_asks_torch():
     fast, reason = precision_module.cpu_fast_bf16()
     assert isinstance(fast, bool) and reason
@@ -87,3 +114,30 @@ def test_bf16_mask_probabilities_stay_close(trained_run, sample_dataset):
         bf16 = predictor.model.inference([item], detected_instances=[fp32], do_postprocess=False)[0]
     assert len(fp32) > 0
     assert (fp32.pred_masks - bf16.pred_masks.float()).abs().max() < 0.02
+
+
+def test_in_bf16_the_box_predictor_runs_in_fp32(trained_run, sample_dataset):
+    """The class logits decide the class of near ties: bf16 rounds them to 8 bits of mantissa,
+    so the box predictor (two small linear layers) stays fp32 while the box head feeding it
+    runs in bf16."""
+    run = Path(trained_run)
+    cfg = load_model_config(
+        [str(run / "config.yaml")],
+        str(run / "model_final.pth"),
+        ["MODEL.DEVICE", "cpu", "INSTSEG.PREDICT.PRECISION", "bf16"],
+    )
+    predictor = BatchPredictor(cfg)
+    seen = {}
+
+    def record(name, dtypes) -> None:  # a forward hook that returns None keeps the output
+        seen.setdefault(name, dtypes)
+
+    heads = predictor.model.roi_heads
+    heads.box_head.register_forward_hook(lambda m, i, o: record("head", o.dtype))
+    heads.box_predictor.register_forward_hook(
+        lambda m, i, o: record("predictor", (i[0].dtype, o[0].dtype, o[1].dtype))
+    )
+    image = read_image(sorted(sample_dataset.val_images.glob("*.jpg"))[0])
+    predictor.predict([predictor.preprocess(image)])
+    assert seen["head"] == torch.bfloat16
+    assert seen["predictor"] == (torch.float32, torch.float32, torch.float32)

@@ -6,12 +6,15 @@ times faster than fp32 ones, which are already at the CPU's fp32 peak; on CUDA, 
 the usual speed-up. Only the network runs under autocast: box decoding is fp32 in Detectron2
 itself (``Box2BoxTransform.apply_deltas``), and rescaling, mask pasting and thresholding
 (``detector_postprocess``) run here on fp32 copies of the outputs, where bf16 coordinates would
-be pixels off on a large image.
+be pixels off on a large image. The box predictor (two small linear layers) runs in fp32 too: its
+class logits in bf16 (8 bits of mantissa) flip the top class of near ties, and it costs nothing
+beside the convolutions (``scripts/bench_precision.py`` measures the class agreement).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -59,9 +62,15 @@ def cpu_fast_bf16() -> tuple[bool, str]:
     return True, f"oneDNN bf16 with AMX ({torch.backends.cpu.get_cpu_capability()})"
 
 
+@functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)
+
+
 def resolve_precision(name: str, device: str) -> Precision:
-    """``INSTSEG.PREDICT.PRECISION`` for ``MODEL.DEVICE``; auto never picks a precision the device
-    would run slower or lacks, forced ones are refused where the device cannot run them."""
+    """``INSTSEG.PREDICT.PRECISION`` for ``MODEL.DEVICE``: auto never picks a precision the device
+    would run slower or lacks; a forced one the CPU would only emulate runs with a warning, one a
+    CUDA device lacks is refused."""
     key = str(name).strip().lower()
     if key not in PRECISIONS:
         raise ConfigError(
@@ -80,10 +89,13 @@ def resolve_precision(name: str, device: str) -> Precision:
     fast, why = cpu_fast_bf16()
     if key == "auto":
         return Precision("bf16" if fast else "fp32", "cpu", why)
-    if key == "fp16" and not torch.ops.mkldnn._is_mkldnn_fp16_supported():
-        raise ConfigError("INSTSEG.PREDICT.PRECISION fp16: oneDNN has no fp16 on this CPU")
-    if key == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        raise ConfigError("INSTSEG.PREDICT.PRECISION bf16: oneDNN has no bf16 on this CPU")
+    if key == "fp16":
+        fast = torch.ops.mkldnn._is_mkldnn_fp16_supported()
+        why = "oneDNN fp16" if fast else "oneDNN has no fp16 on this CPU"
+    if key != "fp32" and not fast:
+        # Runs everywhere (PyTorch emulates what the CPU lacks), only slower than fp32.
+        _warn_once(f"INSTSEG.PREDICT.PRECISION {key} on this CPU: {why}; slower than fp32")
+        return Precision(key, "cpu", f"as configured, emulated ({why})")
     return Precision(key, "cpu", "as configured")
 
 
@@ -97,6 +109,26 @@ def to_fp32(instances: Instances) -> Instances:
     return instances
 
 
+def run_outside_autocast(module: torch.nn.Module, device_type: str) -> None:
+    """Make ``module`` run in fp32 inside an autocast region: its floating inputs are cast to fp32
+    and autocast is off for its forward (hooks, so the module and its state_dict are unchanged)."""
+    regions: list = []
+
+    def enter(_module, args):
+        region = torch.autocast(device_type, enabled=False)
+        region.__enter__()
+        regions.append(region)
+        return tuple(
+            a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args
+        )
+
+    def leave(_module, _args, _output) -> None:
+        regions.pop().__exit__(None, None, None)
+
+    module.register_forward_pre_hook(enter)
+    module.register_forward_hook(leave, always_call=True)
+
+
 class PrecisionModel(torch.nn.Module):
     """A Detectron2 meta-architecture whose network runs in ``precision`` and whose
     post-processing (rescaling, mask pasting and thresholding) runs in fp32; in fp32 it is the
@@ -107,6 +139,9 @@ class PrecisionModel(torch.nn.Module):
         super().__init__()
         self.model = model
         self.precision = precision
+        box_predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+        if precision.dtype is not None and box_predictor is not None:
+            run_outside_autocast(box_predictor, precision.device_type)
 
     def forward(self, batched_inputs: list[dict]) -> list[dict]:
         if self.precision.dtype is None:

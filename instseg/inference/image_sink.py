@@ -21,6 +21,7 @@ from instseg.inference.predictor import instances_to_draw
 from instseg.inference.records import coco_results
 from instseg.io.images import atomic_write_image, instance_id_image
 from instseg.io.writers import JsonLinesWriter
+from instseg.structures.cropped_masks import CroppedMasks
 from instseg.viz.renderer import Renderer
 
 logger = logging.getLogger(__name__)
@@ -98,11 +99,14 @@ class ImageSink:
         if frame.drawn is not None:
             atomic_write_image(self.output_dir / task.annotated, frame.drawn)
         if task.masks is not None:
-            if instances.has("pred_masks") and len(instances):
-                masks = instances.pred_masks.numpy().astype(bool, copy=False)
+            masks = instances.pred_masks if instances.has("pred_masks") else None
+            if isinstance(masks, CroppedMasks):
+                ids = masks.id_image()
+            elif masks is not None and len(instances):
+                ids = instance_id_image(masks.numpy().astype(bool, copy=False))
             else:
-                masks = np.zeros((0, *image.shape[:2]), dtype=bool)
-            atomic_write_image(self.output_dir / task.masks, instance_id_image(masks))
+                ids = instance_id_image(np.zeros((0, *image.shape[:2]), dtype=bool))
+            atomic_write_image(self.output_dir / task.masks, ids)
         results = coco_results(instances, task.image_id, self.job.category_ids)
         height, width = image.shape[:2]
         frame.image = frame.drawn = frame.instances = None

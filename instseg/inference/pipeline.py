@@ -7,6 +7,12 @@ identity); the stages are the same for all of them::
     decode + preprocess (thread) -> model, INSTSEG.PREDICT.BATCH_SIZE frames per forward pass,
         then class filter and score order (the calling thread) -> output stages (a thread each)
 
+With tiling on (``INSTSEG.PREDICT.TILES``, :mod:`instseg.inference.tiles`), preprocessing cuts
+each large frame into windows that go through the queue and the model one batch of windows at
+a time, and the model stage merges a frame's windows (:mod:`instseg.inference.tile_merge`)
+before the frame goes on: tiled or not, the output stages see one frame with one set of
+instances at the image's size.
+
 :meth:`Pipeline.frames` yields the predicted frames to the caller (the API);
 :meth:`Pipeline.run` hands them to output stages (drawing, writing: the sinks of a job), each in
 its own thread, in order. Bounded queues keep memory flat for any number of frames. One
@@ -29,6 +35,8 @@ from detectron2.structures import Instances
 
 from instseg.inference.predictor import BatchPredictor, ModelInput, filter_instances
 from instseg.inference.stages import END, StageThreads
+from instseg.inference.tile_merge import TileMerger
+from instseg.inference.tiles import TileOptions
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +66,17 @@ class Frame:
     tracks: str = ""  # a video frame's lines of NAME.tracks.csv
     seconds: dict[str, float] = field(default_factory=dict)
     warm_up: bool = False  # in the first model batch
+    merger: TileMerger | None = None  # a tiled frame's windows' instances, until merged
 
     def fail(self, doing: str, exc: BaseException) -> None:
-        """Mark the frame failed with one line naming it; its arrays are dropped."""
+        """Mark the frame failed with one line naming it (the first failure: a tiled frame's
+        other windows may fail after it); its arrays are dropped."""
         where = f"{self.path or self.rel}" + (
             f" frame {self.index}" if self.time is not None else ""
         )
-        self.error = f"{where}: {doing}: {type(exc).__name__}: {' '.join(str(exc).split())}"
-        self.image = self.model_input = self.drawn = None
+        if self.error is None:
+            self.error = f"{where}: {doing}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        self.image = self.model_input = self.drawn = self.merger = None
 
 
 class StageClock:
@@ -129,6 +140,20 @@ class StageClock:
 OutputStage = tuple[str, Callable[[Frame], None]]
 
 
+@dataclass
+class _Window:
+    """One window of a tiled frame on its way to the model; the last one brings the frame on."""
+
+    frame: Frame
+    index: int
+    model_input: ModelInput | None
+    last: bool
+
+    @property
+    def error(self) -> str | None:
+        return self.frame.error
+
+
 class Pipeline:
     """A loaded model and the stages around it; each :meth:`frames` or :meth:`run` call starts
     and stops its own threads, so one pipeline serves many sources (one model load)."""
@@ -146,6 +171,7 @@ class Pipeline:
         self.batch_size = batch_size
         self.queue_size = queue_size
         self.name = name
+        self.tiles = TileOptions.from_cfg(predictor.cfg)
 
     def frames(self, source: Iterable[Frame]) -> Iterator[Frame]:
         """Predicted frames of ``source``, in order. A frame that could not be read or
@@ -193,6 +219,9 @@ class Pipeline:
                     break
                 decoded = time.perf_counter()
                 frame.seconds["decode"] = decoded - start
+                if frame.error is None and self.tiles.enabled:
+                    self._put_windows(threads, out, frame)
+                    continue
                 if frame.error is None:
                     try:
                         frame.model_input = self.predictor.preprocess(frame.image)
@@ -206,52 +235,110 @@ class Pipeline:
                 close()
         threads.put(out, END)
 
-    def _model(self, threads: StageThreads, decoded) -> Iterator[Frame]:
-        batch: list[Frame] = []
-        first = True
-        while True:
-            frame = threads.get(decoded)
-            if frame is not END:
-                batch.append(frame)
-            ready = [f for f in batch if f.error is None]
-            if batch and (frame is END or len(ready) >= self.batch_size):
-                self._predict(ready)
-                for f in batch:
-                    f.warm_up = first
-                    yield f
-                batch, first = [], False
-            if frame is END:
+    def _put_windows(self, threads: StageThreads, out, frame: Frame) -> None:
+        """A tiled frame's windows, preprocessed one at a time as the queue takes them."""
+        height, width = frame.image.shape[:2]
+        windows = self.tiles.windows(height, width)
+        frame.merger = TileMerger(windows, height, width, self.tiles.match_ios)
+        for index, (x0, y0, x1, y1) in enumerate(windows):
+            start = time.perf_counter()
+            last = index == len(windows) - 1
+            image = frame.image  # None once the model stage failed the frame
+            if image is None:
+                threads.put(out, _Window(frame, index, None, True))
+                return
+            try:
+                model_input = self.predictor.preprocess(image[y0:y1, x0:x1])
+            except Exception as e:  # a valid file the resize rejects (an extreme shape)
+                frame.fail("cannot prepare image", e)
+                model_input, last = None, True
+            frame.seconds["preprocess"] = (
+                frame.seconds.get("preprocess", 0.0) + time.perf_counter() - start
+            )
+            threads.put(out, _Window(frame, index, model_input, last))
+            if last:
                 return
 
-    def _predict(self, frames: list[Frame]) -> None:
-        if not frames:
+    def _model(self, threads: StageThreads, decoded) -> Iterator[Frame]:
+        batch: list[Frame | _Window] = []
+        first = True
+        while True:
+            item = threads.get(decoded)
+            if item is not END:
+                batch.append(item)
+            ready = [f for f in batch if f.error is None]
+            if batch and (item is END or len(ready) >= self.batch_size):
+                self._predict(ready)
+                for f in batch:
+                    frame = f.frame if isinstance(f, _Window) else f
+                    if isinstance(f, _Window) and not f.last:
+                        continue
+                    if isinstance(f, _Window):
+                        self._merge(frame)
+                    frame.warm_up = frame.warm_up or first
+                    yield frame
+                batch, first = [], False
+            if item is END:
+                return
+
+    def _predict(self, items: list[Frame | _Window]) -> None:
+        if not items:
             return
         start = time.perf_counter()
         try:
-            outputs = self.predictor.predict([f.model_input for f in frames])
+            outputs = self.predictor.predict([f.model_input for f in items])
         except Exception as e:
-            if len(frames) == 1:
-                frames[0].fail("model failed", e)
+            if len(items) == 1:
+                self._frame(items[0]).fail("model failed", e)
                 outputs = [None]
             else:
                 logger.debug("Batch failed; retrying its frames one by one", exc_info=True)
-                outputs = [self._predict_one(f) for f in frames]
-        share = (time.perf_counter() - start) / len(frames)
-        for frame, instances in zip(frames, outputs, strict=True):
-            frame.model_input = None
-            frame.seconds["model"] = share
-            if instances is None:
+                outputs = [self._predict_one(f) for f in items]
+        share = (time.perf_counter() - start) / len(items)
+        for item, instances in zip(items, outputs, strict=True):
+            frame = self._frame(item)
+            item.model_input = None
+            frame.seconds["model"] = frame.seconds.get("model", 0.0) + share
+            if instances is None or frame.error is not None:
                 continue
-            instances = filter_instances(instances, self.keep_classes)
-            if len(instances) > 1:
-                instances = instances[torch.argsort(instances.scores, descending=True, stable=True)]
-            frame.instances = instances
+            if isinstance(item, _Window):
+                if frame.merger is not None:
+                    frame.merger.add(item.index, instances)
+            else:
+                frame.instances = self._ordered(instances)
 
-    def _predict_one(self, frame: Frame) -> Instances | None:
+    def _merge(self, frame: Frame) -> None:
+        merger, frame.merger = frame.merger, None
+        if frame.error is not None or merger is None:
+            return
+        start = time.perf_counter()
         try:
-            return self.predictor.predict([frame.model_input])[0]
+            frame.instances = self._ordered(merger.result())
         except Exception as e:
-            frame.fail("model failed", e)
+            frame.fail("cannot merge tiles", e)
+            return
+        seconds = time.perf_counter() - start
+        frame.seconds["model"] += seconds
+        logger.debug(
+            "%s: %d windows, %d instances merged into %d in %.2f s", frame.path or frame.rel,
+            len(merger.windows), len(merger.pieces), len(frame.instances), seconds,
+        )  # fmt: skip
+
+    def _ordered(self, instances: Instances) -> Instances:
+        instances = filter_instances(instances, self.keep_classes)
+        if len(instances) > 1:
+            instances = instances[torch.argsort(instances.scores, descending=True, stable=True)]
+        return instances
+
+    @staticmethod
+    def _frame(item: Frame | _Window) -> Frame:
+        return item.frame if isinstance(item, _Window) else item
+
+    def _predict_one(self, item: Frame | _Window) -> Instances | None:
+        try:
+            return self.predictor.predict([item.model_input])[0]
+        except Exception as e:
+            self._frame(item).fail("model failed", e)
             return None
 
     @staticmethod

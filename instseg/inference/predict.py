@@ -216,7 +216,7 @@ def _check_cfg(cfg: CfgNode, options: PredictOptions) -> None:
     if int(predict.BATCH_SIZE) < 1 or int(predict.QUEUE_SIZE) < 1:
         raise ConfigError("INSTSEG.PREDICT: BATCH_SIZE and QUEUE_SIZE must be >= 1")
     try:
-        build_renderer(resolve_renderer_name(predict.RENDERER, video=False), None)
+        build_renderer(resolve_renderer_name(predict.RENDERER), None)
     except ValueError as e:
         raise ConfigError(f"INSTSEG.PREDICT.RENDERER: {e}") from None
     check_model_cfg(cfg)
@@ -268,7 +268,7 @@ def _worker_main(job: Job) -> dict | None:
     JsonLinesWriter(job.part_file(rank)).close()  # present even for no inputs
     renderer = None
     if job.cfg.INSTSEG.PREDICT.RENDER:
-        name = resolve_renderer_name(job.cfg.INSTSEG.PREDICT.RENDERER, video=False)
+        name = resolve_renderer_name(job.cfg.INSTSEG.PREDICT.RENDERER)
         renderer = build_renderer(name, build_metadata(job.cfg))
     desc = "predict" if world == 1 else f"predict (rank 0 of {world})"
     with ImageSink(job, rank, len(tasks), renderer, desc) as sink:

@@ -21,6 +21,7 @@ from detectron2.structures import Instances
 from instseg.config import ConfigError, build_cfg, load_config_yaml
 from instseg.engine.checkpoints import FinetuneCheckpointer, check_weights, resolve_weights
 from instseg.engine.precision import PrecisionModel, resolve_precision
+from instseg.inference.tiles import TileOptions
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,9 @@ def load_model_config(
 
     Class names come from the config (``INSTSEG.THING_CLASSES``), else from the ``config.yaml``
     that training wrote beside the checkpoint, so drawings name the fine-tuned classes.
+    ``INSTSEG.PREDICT.PRECISION auto`` becomes the precision it picks on ``MODEL.DEVICE``, so the
+    run's config.yaml says what the network ran in and resuming on another machine that would
+    pick another precision predicts again.
     """
     opts = list(opts)
     if weights:
@@ -162,15 +166,22 @@ def load_model_config(
             cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(classes)
             logger.info("Class names from %s: %s", run_config, ", ".join(classes))
     cfg.MODEL.WEIGHTS = resolve_weights(cfg.MODEL.WEIGHTS)
+    precision = resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE)
+    if precision.name != cfg.INSTSEG.PREDICT.PRECISION:
+        logger.info("INSTSEG.PREDICT.PRECISION %s: %s (%s)", cfg.INSTSEG.PREDICT.PRECISION,
+                    precision.name, precision.reason)  # fmt: skip
+        cfg.INSTSEG.PREDICT.PRECISION = precision.name
     cfg.freeze()
     return cfg
 
 
 def check_model_cfg(cfg: CfgNode) -> None:
     """What a job checks about the model before it writes anything (the model itself loads
-    later, in each process): the class filter, the precision and the checkpoint's contents."""
+    later, in each process): the class filter, the precision, the tiling and the checkpoint's
+    contents."""
     class_filter(cfg)
     resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE)
+    TileOptions.from_cfg(cfg)
     check_weights(cfg.MODEL.WEIGHTS)
 
 

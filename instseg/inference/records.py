@@ -11,13 +11,22 @@ from collections.abc import Sequence
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
 
+from instseg.structures.cropped_masks import CroppedMasks
+
 
 def coco_results(
     instances: Instances, image_id: int, category_ids: Sequence[int] | None = None
 ) -> list[dict]:
     """COCO results of CPU instances. ``category_ids[c]`` is the output id of contiguous class
     ``c``; without it, ids are the contiguous ids + 1 (COCO ids start at 1)."""
-    results = instances_to_coco_json(instances, image_id)
+    masks = instances.pred_masks if instances.has("pred_masks") else None
+    if isinstance(masks, CroppedMasks):  # a tiled image: RLE from each crop
+        fields = {k: v for k, v in instances.get_fields().items() if k != "pred_masks"}
+        results = instances_to_coco_json(Instances(instances.image_size, **fields), image_id)
+        for k, result in enumerate(results):
+            result["segmentation"] = masks.rle(k)
+    else:
+        results = instances_to_coco_json(instances, image_id)
     track_ids = instances.track_id.tolist() if instances.has("track_id") else None
     for k, result in enumerate(results):
         c = result["category_id"]

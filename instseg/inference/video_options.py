@@ -15,16 +15,15 @@ from instseg.viz.render import RENDERERS
 CODECS = ("auto", "h264", "mp4v")
 
 
-def resolve_renderer_name(name: str, video: bool = True) -> str:
-    """``INSTSEG.PREDICT.RENDERER`` to a renderer name: "auto" is "fast" for videos.
+def resolve_renderer_name(name: str) -> str:
+    """``INSTSEG.PREDICT.RENDERER`` to a renderer name: "auto" is "fast".
 
-    scripts/bench_video.py measures why: the Visualizer renderer takes several times the model's
-    time per frame on a CPU, the fast one a small fraction of it.
+    scripts/bench_video.py and scripts/bench_predict.py measure why: on a CPU the Visualizer
+    renderer takes about a third of a bf16 R50-FPN forward pass per image (and holds the GIL
+    while it does), the fast one a few milliseconds.
     """
     key = str(name).strip().lower()
-    if key == "auto":
-        return "fast" if video else "visualizer"
-    return key
+    return "fast" if key == "auto" else key
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ def _options_from_cfg(cls: type[VideoOptions], cfg: CfgNode) -> VideoOptions:
     batch_size, queue_size = int(predict.BATCH_SIZE), int(predict.QUEUE_SIZE)
     if batch_size < 1 or queue_size < 1:
         raise ConfigError("INSTSEG.PREDICT: BATCH_SIZE and QUEUE_SIZE must be >= 1")
-    renderer = resolve_renderer_name(predict.RENDERER, video=True)
+    renderer = resolve_renderer_name(predict.RENDERER)
     if renderer not in RENDERERS:
         raise ConfigError(
             f"INSTSEG.PREDICT.RENDERER must be auto or one of {', '.join(sorted(RENDERERS))}, "

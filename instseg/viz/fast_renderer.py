@@ -13,6 +13,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import _SMALL_OBJECT_AREA_THRESH
 
+from instseg.structures.cropped_masks import CroppedMasks
 from instseg.viz.colors import (
     _DPI,
     _TEXT_BG_ALPHA,
@@ -68,7 +69,9 @@ class FastRenderer(Renderer):
         masks = _masks_numpy(instances, height, width)
         boxes = _boxes_numpy(instances)
         rects = None
-        if masks is not None:
+        if isinstance(masks, CroppedMasks):
+            rects = masks.rects()
+        elif masks is not None:
             # Tight (x, y, w, h) of each mask; w == 0 for an empty mask.
             rects = np.array([cv2.boundingRect(m.view(np.uint8)) for m in masks], dtype=np.int64)
         has_boxes = boxes is not None

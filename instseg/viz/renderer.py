@@ -11,6 +11,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.visualizer import _create_text_labels
 
+from instseg.structures.cropped_masks import CroppedMasks
 from instseg.viz.colors import Color, _ColorTracker
 
 logger = logging.getLogger(__name__)
@@ -50,10 +51,15 @@ def _tensors(instances: Instances):
 
 
 def _masks_numpy(instances: Instances, height: int, width: int) -> np.ndarray | None:
-    """pred_masks as a C-contiguous NxHxW bool array, or None when absent."""
+    """pred_masks as a C-contiguous NxHxW bool array (a tiled image's CroppedMasks as they
+    are: they index the same way), or None when absent."""
     if not instances.has("pred_masks"):
         return None
     masks = instances.pred_masks
+    if isinstance(masks, CroppedMasks):
+        if masks.shape[1:] != (height, width):
+            raise ValueError(f"pred_masks are {masks.shape[1:]}, the image {(height, width)}")
+        return masks
     if isinstance(masks, BitMasks):
         masks = masks.tensor
     if isinstance(masks, torch.Tensor):
