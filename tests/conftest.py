@@ -104,6 +104,27 @@ def trained_run(tmp_path_factory, dataset_opts, tiny_opts):
 
 
 @pytest.fixture(scope="session")
+def random_init_run(tmp_path_factory, tiny_opts, sample_dataset):
+    """A run folder (config.yaml with the sample classes, model_final.pth) of the demo config at
+    test sizes with seeded random weights: unlike a few training iterations, it gives instances
+    (class scores near 1/6) on every image, every time."""
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from instseg.config import build_cfg, save_cfg
+
+    run_dir = tmp_path_factory.mktemp("random_init_run")
+    names = list(sample_dataset.class_names)
+    opts = [*tiny_opts, "MODEL.DEVICE", "cpu", "INSTSEG.THING_CLASSES", repr(names)]
+    cfg = build_cfg([str(DEMO_CONFIG)], [*opts, "MODEL.ROI_HEADS.NUM_CLASSES", str(len(names))])
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(run_dir)).save("model_final")
+    save_cfg(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """(output folder, stdout) of one `instseg demo --quick` run, as a newcomer runs it; its
     model (train/model_final.pth, 250 iterations on the sample data) serves the tests that need

@@ -20,7 +20,6 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
-import torch
 from conftest import kill_at_random_moments, png_declaring
 from detectron2.engine import DefaultPredictor
 from pycocotools.coco import COCO
@@ -108,32 +107,13 @@ def _copy_tree(sample_dataset, folder, layout=LAYOUT) -> Path:
 
 
 @pytest.fixture(scope="module")
-def _local_random_init_run(tmp_path_factory, tiny_opts, sample_dataset):
-    """A run folder (config.yaml with the sample classes, model_final.pth) of the demo config at
-    test sizes with seeded random weights."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.modeling import build_model
-
-    from instseg.config import build_cfg, save_cfg
-
-    run_dir = tmp_path_factory.mktemp("random_init_run")
-    names = list(sample_dataset.class_names)
-    opts = [*tiny_opts, "MODEL.DEVICE", "cpu", "INSTSEG.THING_CLASSES", repr(names)]
-    cfg = build_cfg([DEMO_CONFIG], [*opts, "MODEL.ROI_HEADS.NUM_CLASSES", str(len(names))])
-    torch.manual_seed(0)
-    DetectionCheckpointer(build_model(cfg), save_dir=str(run_dir)).save("model_final")
-    save_cfg(cfg, run_dir / "config.yaml")
-    return run_dir
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, _local_random_init_run, sample_dataset):
+def reference(tmp_path_factory, random_init_run, sample_dataset):
     """One run over a nested folder: masks saved, ids from the val JSON, batches of 3."""
     base = tmp_path_factory.mktemp("reference")
     images = _copy_tree(sample_dataset, base / "images")
     output = base / "out"
     result = _run(
-        _local_random_init_run,
+        random_init_run,
         images,
         output,
         ["INSTSEG.PREDICT.SAVE_MASKS", "True", "INSTSEG.PREDICT.BATCH_SIZE", "3"],
@@ -166,33 +146,31 @@ def _assert_equal_default_predictor(output, images, run_dir, sample_dataset, max
             assert (mask != expected.pred_masks[k].numpy()).sum() <= max_flipped
 
 
-def test_predictions_equal_default_predictor(reference, _local_random_init_run, sample_dataset):
+def test_predictions_equal_default_predictor(reference, random_init_run, sample_dataset):
     """The default run (norms folded, channels-last, batches of 3) matches DefaultPredictor to
     float rounding, which may flip a pixel whose mask probability sits at the threshold."""
     assert reference["result"].ok == len(LAYOUT) and reference["result"].exit_status == 0
     _assert_equal_default_predictor(
-        reference["output"], reference["images"], _local_random_init_run, sample_dataset, 1
+        reference["output"], reference["images"], random_init_run, sample_dataset, 1
     )
 
 
 def test_unoptimized_predictions_are_default_predictor_exactly(
-    reference, _local_random_init_run, sample_dataset, tmp_path
+    reference, random_init_run, sample_dataset, tmp_path
 ):
     """With INSTSEG.PREDICT.OPTIMIZE_MODEL off and batch 1 the model is DefaultPredictor's own:
     the same masks pixel for pixel."""
     output = tmp_path / "out"
     opts = ["INSTSEG.PREDICT.OPTIMIZE_MODEL", "False", "INSTSEG.PREDICT.RENDER", "False"]
     result = _run(
-        _local_random_init_run,
+        random_init_run,
         reference["images"],
         output,
         opts,
         coco_json=str(sample_dataset.val_json),
     )
     assert result.ok == len(LAYOUT) and result.exit_status == 0
-    _assert_equal_default_predictor(
-        output, reference["images"], _local_random_init_run, sample_dataset, 0
-    )
+    _assert_equal_default_predictor(output, reference["images"], random_init_run, sample_dataset, 0)
 
 
 def test_predictions_evaluate_against_the_dataset(reference, sample_dataset):
@@ -254,7 +232,7 @@ def test_mask_pngs_hold_instance_ids_in_score_order(reference):
         assert np.array_equal(ids == 0, ~claimed)
 
 
-def test_bad_files_are_error_rows(tmp_path, _local_random_init_run, sample_dataset):
+def test_bad_files_are_error_rows(tmp_path, random_init_run, sample_dataset):
     folder = tmp_path / "mixed"
     folder.mkdir()
     good = cv2.imread(str(sample_dataset.val_images / "00004.jpg"))
@@ -280,7 +258,7 @@ def test_bad_files_are_error_rows(tmp_path, _local_random_init_run, sample_datas
     }
 
     output = tmp_path / "out"
-    result = _run(_local_random_init_run, folder, output, ["INSTSEG.PREDICT.SAVE_MASKS", "True"])
+    result = _run(random_init_run, folder, output, ["INSTSEG.PREDICT.SAVE_MASKS", "True"])
     assert (result.ok, result.errors, result.exit_status) == (6, 5, 1)
     rows = _manifest(output)
     assert sorted(row["path"] for row in rows) == sorted(p.name for p in folder.iterdir())
@@ -311,9 +289,7 @@ def test_bad_files_are_error_rows(tmp_path, _local_random_init_run, sample_datas
     assert len(_load(output, "predictions.json")) == total == result.instances > 0
 
 
-def test_skip_existing_redoes_only_missing(
-    tmp_path, _local_random_init_run, sample_dataset, monkeypatch
-):
+def test_skip_existing_redoes_only_missing(tmp_path, random_init_run, sample_dataset, monkeypatch):
     layout = [(f"0000{i}.jpg", f"0000{i}.jpg") for i in range(4)]
     images = _copy_tree(sample_dataset, tmp_path / "images", layout)
     output = tmp_path / "out"
@@ -321,15 +297,15 @@ def test_skip_existing_redoes_only_missing(
     # An interrupted job: the third output write dies. No final file may appear.
     _interrupt_third_write(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        _run(_local_random_init_run, images, output)
+        _run(random_init_run, images, output)
     monkeypatch.undo()
     assert not (output / "predictions.json").exists() and not (output / "manifest.csv").exists()
     assert list((output / PARTS_DIR_NAME).glob("*.jsonl"))
 
     with pytest.raises(ConfigError, match="not empty.*--overwrite.*--skip-existing"):
-        _run(_local_random_init_run, images, output)
+        _run(random_init_run, images, output)
 
-    result = _run(_local_random_init_run, images, output, existing="skip")
+    result = _run(random_init_run, images, output, existing="skip")
     assert (result.ok, result.skipped, result.errors) == (2, 2, 0)
     statuses = {row["path"]: row["status"] for row in _manifest(output)}
     assert statuses == {
@@ -345,7 +321,7 @@ def test_skip_existing_redoes_only_missing(
     # A finished job: a lost output and a new input are the only work.
     (output / "00001.jpg").unlink()
     shutil.copy(sample_dataset.val_images / "00004.jpg", images / "00004.jpg")
-    result = _run(_local_random_init_run, images, output, existing="skip")
+    result = _run(random_init_run, images, output, existing="skip")
     assert (result.ok, result.skipped) == (2, 3)
     statuses = {row["path"]: row["status"] for row in _manifest(output)}
     assert [p for p, s in statuses.items() if s == "ok"] == ["00001.jpg", "00004.jpg"]
@@ -354,17 +330,17 @@ def test_skip_existing_redoes_only_missing(
     _assert_same_predictions(first, [p for p in second if p["image_id"] <= 4])
 
 
-def test_classes_and_list_sources(tmp_path, _local_random_init_run, sample_dataset):
+def test_classes_and_list_sources(tmp_path, random_init_run, sample_dataset):
     listing = tmp_path / "lists" / "inputs.txt"
     listing.parent.mkdir()
     listing.write_text(
         f"{sample_dataset.val_images}/00006.jpg\n{sample_dataset.val_images}/00007.jpg\n"
     )
-    names = list(load_predict_cfg(_options(_local_random_init_run, tmp_path)).INSTSEG.THING_CLASSES)
+    names = list(load_predict_cfg(_options(random_init_run, tmp_path)).INSTSEG.THING_CLASSES)
     keep = names[1]
     output = tmp_path / "out"
     opts = ["INSTSEG.PREDICT.RENDER", "False", "INSTSEG.PREDICT.CLASSES", repr([keep])]
-    result = _run(_local_random_init_run, listing, output, opts)
+    result = _run(random_init_run, listing, output, opts)
     assert result.ok == 2
     predictions = _load(output, "predictions.json")
     assert {p["category_id"] for p in predictions} <= {names.index(keep) + 1}
@@ -373,17 +349,17 @@ def test_classes_and_list_sources(tmp_path, _local_random_init_run, sample_datas
 
     with pytest.raises(ConfigError, match="unknown class"):
         _run(
-            _local_random_init_run,
+            random_init_run,
             listing,
             tmp_path / "o2",
             ["INSTSEG.PREDICT.CLASSES", "['nope']"],
         )
 
 
-def test_two_processes_merge_like_one(tmp_path, reference, _local_random_init_run, sample_dataset):
+def test_two_processes_merge_like_one(tmp_path, reference, random_init_run, sample_dataset):
     output = tmp_path / "two"
     result = _run(
-        _local_random_init_run,
+        random_init_run,
         f"{reference['images']}/**/*.jpg",
         output,
         ["INSTSEG.PREDICT.SAVE_MASKS", "True"],
@@ -404,7 +380,7 @@ def test_two_processes_merge_like_one(tmp_path, reference, _local_random_init_ru
     assert not (output / PARTS_DIR_NAME).exists()
 
 
-def test_cli(tmp_path, _local_random_init_run, sample_dataset):
+def test_cli(tmp_path, random_init_run, sample_dataset):
     folder = _copy_tree(sample_dataset, tmp_path / "in", LAYOUT[:2])
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     instseg = Path(sys.executable).with_name("instseg")
@@ -413,9 +389,9 @@ def test_cli(tmp_path, _local_random_init_run, sample_dataset):
         "predict",
         str(folder),
         "--config",
-        str(_local_random_init_run / "config.yaml"),
+        str(random_init_run / "config.yaml"),
         "--weights",
-        str(_local_random_init_run / "model_final.pth"),
+        str(random_init_run / "model_final.pth"),
         "--output",
         str(tmp_path / "out"),
         "--no-render",
@@ -448,7 +424,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_dotdot_glob_keeps_outputs_inside_and_inputs_intact(
-    tmp_path, _local_random_init_run, sample_dataset
+    tmp_path, random_init_run, sample_dataset
 ):
     root = tmp_path / "g"
     (root / "src" / "sub").mkdir(parents=True)
@@ -456,7 +432,7 @@ def test_dotdot_glob_keeps_outputs_inside_and_inputs_intact(
     before = _files(root)
     output = root / "out"
     result = _run(
-        _local_random_init_run,
+        random_init_run,
         f"{root}/src/**/../other/*.jpg",
         output,
         ["INSTSEG.PREDICT.SAVE_MASKS", "True"],
@@ -468,12 +444,10 @@ def test_dotdot_glob_keeps_outputs_inside_and_inputs_intact(
     assert {"out/x.jpg", "out/x.masks.png"} <= set(after)
 
 
-def test_a_second_run_into_a_folder_in_use_is_refused(
-    tmp_path, _local_random_init_run, sample_dataset
-):
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, random_init_run, sample_dataset):
     images = _copy_tree(sample_dataset, tmp_path / "images", LAYOUT[:2])
     output = tmp_path / "out"
-    _run(_local_random_init_run, images, output)
+    _run(random_init_run, images, output)
     finished = _files(output)
     holder = subprocess.Popen(
         [
@@ -492,7 +466,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(
             with pytest.raises(
                 ConfigError, match=f"in use by another instseg run \\(pid {holder.pid}\\)"
             ):
-                _run(_local_random_init_run, images, output, existing=existing)
+                _run(random_init_run, images, output, existing=existing)
     finally:
         holder.kill()
         holder.wait()
@@ -525,7 +499,7 @@ def _interrupted_overwrite(monkeypatch, run_dir, images, output, opts):
 
 
 def test_interrupted_overwrite_then_skip_never_mixes_configs(
-    tmp_path, _local_random_init_run, sample_dataset, monkeypatch
+    tmp_path, random_init_run, sample_dataset, monkeypatch
 ):
     layout = [(f"0000{i}.jpg", f"0000{i}.jpg") for i in range(4)]
     images = _copy_tree(sample_dataset, tmp_path / "images", layout)
@@ -534,33 +508,31 @@ def test_interrupted_overwrite_then_skip_never_mixes_configs(
     def detections(n):
         return ["TEST.DETECTIONS_PER_IMAGE", str(n)]
 
-    _run(_local_random_init_run, images, output, detections(3))
-    _interrupted_overwrite(monkeypatch, _local_random_init_run, images, output, detections(1))
+    _run(random_init_run, images, output, detections(3))
+    _interrupted_overwrite(monkeypatch, random_init_run, images, output, detections(1))
 
     # A third config: nothing earlier is reused.
-    result = _run(_local_random_init_run, images, output, detections(2), existing="skip")
+    result = _run(random_init_run, images, output, detections(2), existing="skip")
     assert (result.ok, result.skipped) == (4, 0)
     assert {int(r["instances"]) for r in _manifest(output)} == {2}
     assert "TEST:\n" in (output / "config.yaml").read_text()
     assert "DETECTIONS_PER_IMAGE: 2" in (output / "config.yaml").read_text()
 
     # The interrupted run's config again: its two finished inputs are reused, the rest redone.
-    _interrupted_overwrite(monkeypatch, _local_random_init_run, images, output, detections(1))
-    result = _run(_local_random_init_run, images, output, detections(1), existing="skip")
+    _interrupted_overwrite(monkeypatch, random_init_run, images, output, detections(1))
+    result = _run(random_init_run, images, output, detections(1), existing="skip")
     assert (result.ok, result.skipped) == (2, 2)
     assert {int(r["instances"]) for r in _manifest(output)} == {1}
 
 
-def test_skip_existing_predicts_a_changed_image_again(
-    tmp_path, _local_random_init_run, sample_dataset
-):
+def test_skip_existing_predicts_a_changed_image_again(tmp_path, random_init_run, sample_dataset):
     layout = [(f"0000{i}.jpg", f"0000{i}.jpg") for i in range(3)]
     images = _copy_tree(sample_dataset, tmp_path / "images", layout)
     output = tmp_path / "out"
-    _run(_local_random_init_run, images, output)
+    _run(random_init_run, images, output)
     replacement = cv2.imread(str(sample_dataset.val_images / "00005.jpg"))
     cv2.imwrite(str(images / "00001.jpg"), cv2.resize(replacement, (200, 150)))
-    result = _run(_local_random_init_run, images, output, existing="skip")
+    result = _run(random_init_run, images, output, existing="skip")
     assert (result.ok, result.skipped) == (1, 2)
     statuses = {row["path"]: row["status"] for row in _manifest(output)}
     assert statuses["00001.jpg"] == "ok"
@@ -569,9 +541,7 @@ def test_skip_existing_predicts_a_changed_image_again(
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_clashing_names_give_distinct_outputs(
-    tmp_path, _local_random_init_run, sample_dataset, workers
-):
+def test_clashing_names_give_distinct_outputs(tmp_path, random_init_run, sample_dataset, workers):
     layout = [
         ("00000.jpg", "a.jpg"),
         ("00001.jpg", "a.jpg.png"),
@@ -581,7 +551,7 @@ def test_clashing_names_give_distinct_outputs(
     images = _copy_tree(sample_dataset, tmp_path / "images", layout)
     output = tmp_path / "out"
     result = _run(
-        _local_random_init_run,
+        random_init_run,
         images,
         output,
         ["INSTSEG.PREDICT.SAVE_MASKS", "True"],
@@ -608,7 +578,7 @@ def _normalized_manifest(folder) -> list[tuple]:
 
 
 def test_sigkill_at_random_moments_then_skip_existing_ends_like_one_run(
-    tmp_path, _local_random_init_run, sample_dataset
+    tmp_path, random_init_run, sample_dataset
 ):
     available = sorted(p.name for p in sample_dataset.val_images.glob("*.jpg"))
     layout = [(available[i % len(available)], f"d{i % 3}/{i:05d}.jpg") for i in range(30)]
@@ -618,8 +588,8 @@ def test_sigkill_at_random_moments_then_skip_existing_ends_like_one_run(
     def command(output):
         return [
             str(instseg), "predict", str(images), "--output", str(output), "--skip-existing",
-            "--config", str(_local_random_init_run / "config.yaml"),
-            "--weights", str(_local_random_init_run / "model_final.pth"),
+            "--config", str(random_init_run / "config.yaml"),
+            "--weights", str(random_init_run / "model_final.pth"),
             "--save-masks", "--no-progress", *PREDICT_OPTS,
         ]  # fmt: skip
 
@@ -653,9 +623,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_machines_share_one_output_folder(
-    tmp_path, reference, _local_random_init_run, sample_dataset
-):
+def test_two_machines_share_one_output_folder(tmp_path, reference, random_init_run, sample_dataset):
     """Two "machines" (two process groups on localhost, gloo) write one folder like one run."""
     instseg = Path(sys.executable).with_name("instseg")
     output = tmp_path / "two-machines"
@@ -670,9 +638,9 @@ def test_two_machines_share_one_output_folder(
                 "--output",
                 str(output),
                 "--config",
-                str(_local_random_init_run / "config.yaml"),
+                str(random_init_run / "config.yaml"),
                 "--weights",
-                str(_local_random_init_run / "model_final.pth"),
+                str(random_init_run / "model_final.pth"),
                 "--coco-json",
                 str(sample_dataset.val_json),
                 "--save-masks",
@@ -706,14 +674,14 @@ def test_two_machines_share_one_output_folder(
     assert not (output / PARTS_DIR_NAME).exists()
 
 
-def test_several_sources_on_the_command_line(tmp_path, _local_random_init_run, sample_dataset):
+def test_several_sources_on_the_command_line(tmp_path, random_init_run, sample_dataset):
     """`instseg predict a.jpg sub/b.jpg KEY VALUE`, as a shell expands `*.jpg`."""
     folder = _copy_tree(sample_dataset, tmp_path / "in", LAYOUT[:2])
     instseg = Path(sys.executable).with_name("instseg")
     command = [
         str(instseg), "predict", str(folder / "00000.jpg"), str(folder / "sub" / "00001.jpg"),
-        "--config", str(_local_random_init_run / "config.yaml"),
-        "--weights", str(_local_random_init_run / "model_final.pth"),
+        "--config", str(random_init_run / "config.yaml"),
+        "--weights", str(random_init_run / "model_final.pth"),
         "--output", str(tmp_path / "out"), "--no-progress", "--draw-score", "0.3",
         *PREDICT_OPTS,
     ]  # fmt: skip

@@ -10,7 +10,6 @@ from pathlib import Path
 import cv2
 import pycocotools.mask as mask_util
 import pytest
-import torch
 from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
 from pycocotools.coco import COCO
 
@@ -73,25 +72,6 @@ def test_tile_flags_set_the_config_keys(tmp_path):
     assert pairs["INSTSEG.PREDICT.TILES.FULL_IMAGE"] == "False"
 
 
-@pytest.fixture(scope="module")
-def random_run(tmp_path_factory, tiny_opts, sample_dataset):
-    """The demo config at test sizes (128 px) with seeded random weights: instances (scores near
-    1/6) in every window, every time."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.modeling import build_model
-
-    from instseg.config import save_cfg
-
-    run_dir = tmp_path_factory.mktemp("tiles_random_run")
-    names = list(sample_dataset.class_names)
-    opts = [*tiny_opts, "MODEL.DEVICE", "cpu", "INSTSEG.THING_CLASSES", repr(names)]
-    cfg = build_cfg([DEMO_CONFIG], [*opts, "MODEL.ROI_HEADS.NUM_CLASSES", str(len(names))])
-    torch.manual_seed(0)
-    DetectionCheckpointer(build_model(cfg), save_dir=str(run_dir)).save("model_final")
-    save_cfg(cfg, run_dir / "config.yaml")
-    return run_dir
-
-
 def _options(run, out, opts=(), **kwargs):
     return PredictOptions(
         output_dir=str(out),
@@ -108,7 +88,7 @@ def _predict(run, source, out, opts=(), **kwargs):
     return predict_images(load_predict_cfg(options), str(source), options)
 
 
-def test_a_tiled_folder_writes_every_output_at_the_image_size(random_run, tmp_path):
+def test_a_tiled_folder_writes_every_output_at_the_image_size(random_init_run, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     scene = render_large_scene(3, (500, 600), num_small=40, num_large=1)
@@ -116,7 +96,7 @@ def test_a_tiled_folder_writes_every_output_at_the_image_size(random_run, tmp_pa
     cv2.imwrite(str(images / "small.png"), scene.image[:100, :120])  # fits one tile
     tiles = ["INSTSEG.PREDICT.TILES.SIZE", "128", "INSTSEG.PREDICT.BATCH_SIZE", "3"]
     result = _predict(
-        random_run, images, tmp_path / "out", [*tiles, "INSTSEG.PREDICT.SAVE_MASKS", "True"]
+        random_init_run, images, tmp_path / "out", [*tiles, "INSTSEG.PREDICT.SAVE_MASKS", "True"]
     )
     assert (result.ok, result.errors) == (2, 0)
     out = tmp_path / "out"
@@ -139,7 +119,7 @@ def test_a_tiled_folder_writes_every_output_at_the_image_size(random_run, tmp_pa
     # 4 per window over 5 x 5 tiles and the whole image: many more than one untiled pass keeps.
     assert len(big) > 4 * 2
     # An image that fits one tile is predicted as without tiling.
-    _predict(random_run, images, tmp_path / "plain", [])
+    _predict(random_init_run, images, tmp_path / "plain", [])
     plain = json.loads((tmp_path / "plain" / "predictions.json").read_text())
     small = sizes["small.png"][2]
 
@@ -153,10 +133,10 @@ def test_a_tiled_folder_writes_every_output_at_the_image_size(random_run, tmp_pa
     assert of_small(predictions) == of_small(plain)
 
 
-def test_a_tiled_video_has_every_frame_at_its_size(random_run, tmp_path):
+def test_a_tiled_video_has_every_frame_at_its_size(random_init_run, tmp_path):
     frames = iter_sample_video_frames(6, size=(240, 320), seed=2)
     clip = write_test_clip(tmp_path / "clip.mp4", frames, fps=10).path
-    options = _options(random_run, tmp_path / "out", ["INSTSEG.PREDICT.TILES.SIZE", "128"])
+    options = _options(random_init_run, tmp_path / "out", ["INSTSEG.PREDICT.TILES.SIZE", "128"])
     result = predict_video(load_predict_cfg(options), clip, tmp_path / "out", progress=False)
     assert result.ok and result.frames == 6
     lines = [json.loads(line) for line in result.predictions.read_text().splitlines()]
