@@ -133,6 +133,39 @@ def test_a_tiled_folder_writes_every_output_at_the_image_size(random_init_run, t
     assert of_small(predictions) == of_small(plain)
 
 
+def test_a_window_the_model_fails_on_fails_its_image_only(random_init_run, tmp_path, monkeypatch):
+    """One line names the image; the next image goes on, the failed one writes nothing."""
+    from instseg.inference.predictor import BatchPredictor
+
+    images = tmp_path / "images"
+    images.mkdir()
+    scene = render_large_scene(4, (300, 400), num_small=10, num_large=0)
+    cv2.imwrite(str(images / "a_tiled.png"), scene.image)
+    cv2.imwrite(str(images / "b_small.png"), scene.image[:100, :100])
+    predict = BatchPredictor.predict
+
+    tiles_seen = []
+
+    def failing_on_the_third_tile(self, inputs):
+        tiles = [i for i in inputs if (i.height, i.width) == (128, 128)]
+        tiles_seen.extend(tiles)
+        if tiles and len(tiles_seen) == 3:
+            raise RuntimeError("out of memory in a tile")
+        return predict(self, inputs)
+
+    monkeypatch.setattr(BatchPredictor, "predict", failing_on_the_third_tile)
+    tile_opts = ["INSTSEG.PREDICT.TILES.SIZE", "128", "INSTSEG.PREDICT.BATCH_SIZE", "1"]
+    result = _predict(random_init_run, images, tmp_path / "out", tile_opts)
+    assert (result.ok, result.errors) == (1, 1)
+    rows = (tmp_path / "out" / "manifest.csv").read_text().splitlines()
+    failed = [row for row in rows if row.startswith("a_tiled.png")]
+    assert (
+        failed and "error" in failed[0] and "model failed: RuntimeError: out of memory" in failed[0]
+    )
+    assert not (tmp_path / "out" / "a_tiled.png").exists()
+    assert (tmp_path / "out" / "b_small.png").exists()
+
+
 def test_a_tiled_video_has_every_frame_at_its_size(random_init_run, tmp_path):
     frames = iter_sample_video_frames(6, size=(240, 320), seed=2)
     clip = write_test_clip(tmp_path / "clip.mp4", frames, fps=10).path

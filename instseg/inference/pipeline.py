@@ -270,12 +270,12 @@ class Pipeline:
             if batch and (item is END or len(ready) >= self.batch_size):
                 self._predict(ready)
                 for f in batch:
-                    frame = f.frame if isinstance(f, _Window) else f
-                    if isinstance(f, _Window) and not f.last:
-                        continue
+                    frame = self._frame(f)
+                    frame.warm_up = frame.warm_up or first  # any of its windows counts
                     if isinstance(f, _Window):
+                        if not f.last:
+                            continue
                         self._merge(frame)
-                    frame.warm_up = frame.warm_up or first
                     yield frame
                 batch, first = [], False
             if item is END:
