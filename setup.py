@@ -21,6 +21,7 @@ setup(
         "faster-coco-eval",
         "iterative-stratification",  # stratified dataset splits
         "scipy",  # Hungarian matching of Detectron2's video trackers
+        "segmentation-models-pytorch",  # U-Net & co. as a Detectron2 meta-architecture
     ],
     extras_require={"test": ["pytest", "ruff", "supervision", "motmetrics"]},
     entry_points={"console_scripts": ["instseg = instseg.cli:main"]},

@@ -7,7 +7,7 @@ import sys
 import warnings
 
 from instseg.dataset_cli import add_dataset_command
-from instseg.predict_cli import add_predict_command
+from instseg.predict_cli import add_predict_command, add_segment_command
 
 logger = logging.getLogger("instseg")
 
@@ -80,19 +80,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         dist_url=args.dist_url,
     )
     if results:
-        from instseg.engine.evaluate import format_ap_table
+        from instseg.engine.evaluate import format_results
 
-        print(format_ap_table(results))
+        print(format_results(results, per_class=False))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from instseg.engine.evaluate import (
-        EvalRequest,
-        format_ap_table,
-        format_per_class_ap,
-        run_evaluation,
-    )
+    from instseg.engine.evaluate import EvalRequest, format_results, run_evaluation
 
     request = EvalRequest(
         config_files=args.config,
@@ -102,8 +97,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         output_dir=args.output,
     )
     results, results_path = run_evaluation(request)
-    print(format_ap_table(results))
-    print(format_per_class_ap(results))
+    print(format_results(results))
     print(f"results: {results_path}")
     return 0
 
@@ -156,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     add_predict_command(commands)
+    add_segment_command(commands)
 
     demo = commands.add_parser(
         "demo",

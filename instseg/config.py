@@ -16,6 +16,7 @@ import torch
 import yaml
 from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
+from detectron2.projects.deeplab import add_deeplab_config
 
 from instseg.errors import ConfigError
 from instseg.io.atomic import atomic_write_text
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ConfigError",
+    "SEMANTIC_ARCHITECTURES",
     "add_instseg_config",
     "build_cfg",
     "load_config_yaml",
@@ -33,6 +35,12 @@ __all__ = [
 
 # Repository folder holding the project YAMLs; `configs/NAME.yaml` may be given as NAME alone.
 PROJECT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+# Meta-architectures that label pixels (MODEL.SEM_SEG_HEAD) rather than find instances.
+SEMANTIC_ARCHITECTURES = frozenset({"SemanticSegmentor", "SMPSegmentor"})
+# Classical methods: semantic or instances, as MODEL.CLASSICAL.INSTANCES says.
+CLASSICAL_ARCHITECTURE = "ClassicalSegmentor"
+CLASSICAL_METHODS = ("otsu", "kmeans", "watershed", "canny")
 
 _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
 
@@ -61,6 +69,9 @@ def add_instseg_config(cfg: CfgNode) -> None:
         node.NAME = ""
         node.JSON = ""  # path to the COCO instances JSON
         node.IMAGES = ""  # folder the JSON's file_name entries are relative to
+        # Semantic models only: folder of class-id PNGs named as the images (255 = ignore),
+        # read by Detectron2's load_sem_seg; instead of JSON, which is rendered into such masks.
+        node.MASKS = ""
         _C.INSTSEG.DATASETS[split] = node
 
     # Before train and eval, every declared dataset gets the structural check of `instseg
@@ -72,10 +83,45 @@ def add_instseg_config(cfg: CfgNode) -> None:
     _C.INSTSEG.TRAIN.VAL_LOSS = True
     # Cap on validation images used for the validation loss (0: all of them).
     _C.INSTSEG.TRAIN.VAL_LOSS_MAX_IMAGES = 0
-    # Metric (key in the evaluator's flattened results) that selects model_best.pth.
+    # Metric (key in the evaluator's flattened results) that selects model_best.pth; a semantic
+    # model left at segm/AP is selected by sem_seg/mIoU.
     _C.INSTSEG.TRAIN.BEST_METRIC = "segm/AP"
     # Write training_curves.png after each evaluation and at the end of training.
     _C.INSTSEG.TRAIN.PLOT_CURVES = True
+
+    # Semantic segmentation (MODEL.META_ARCHITECTURE SemanticSegmentor or SMPSegmentor).
+    _C.INSTSEG.SEMANTIC = CfgNode()
+    # Class names, index = the class id in the masks. A COCO-JSON dataset gives
+    # ["background", *its categories]; a mask-folder dataset needs them here.
+    _C.INSTSEG.SEMANTIC.CLASSES = []
+    # Training images and masks are padded (masks with MODEL.SEM_SEG_HEAD.IGNORE_VALUE) to a
+    # multiple of this: decoders upsample by fixed strides.
+    _C.INSTSEG.SEMANTIC.SIZE_DIVISIBILITY = 32
+
+    # segmentation-models-pytorch architectures as a Detectron2 meta-architecture
+    # (instseg.modeling.smp_segmentor, MODEL.META_ARCHITECTURE SMPSegmentor).
+    _C.MODEL.SMP = CfgNode()
+    # smp.create_model's arch: Unet, UnetPlusPlus, FPN, PSPNet, DeepLabV3Plus, Linknet, ...
+    _C.MODEL.SMP.ARCH = "Unet"
+    _C.MODEL.SMP.ENCODER = "resnet34"
+    # Encoder start: "" (random init), a checkpoint file of the encoder's weights, or the name
+    # of smp's pretrained weights ("imagenet"), downloaded once into the torch hub cache.
+    _C.MODEL.SMP.ENCODER_WEIGHTS = ""
+    _C.MODEL.SMP.ENCODER_DEPTH = 5
+    # Decoder widths, one per encoder stage (U-Net family); empty: the architecture's default.
+    _C.MODEL.SMP.DECODER_CHANNELS = []
+
+    # Classical segmentation, no training (instseg.modeling.classical, MODEL.META_ARCHITECTURE
+    # ClassicalSegmentor; `instseg segment --method`).
+    _C.MODEL.CLASSICAL = CfgNode()
+    # otsu (threshold), kmeans (colour clusters), watershed (touching objects apart) or canny.
+    _C.MODEL.CLASSICAL.METHOD = "otsu"
+    # k-means clusters, the background's included.
+    _C.MODEL.CLASSICAL.CLUSTERS = 3
+    # Instances (connected components; the watershed's regions) instead of a class-id map.
+    _C.MODEL.CLASSICAL.INSTANCES = False
+    # Instances smaller than this many pixels are left out.
+    _C.MODEL.CLASSICAL.MIN_AREA = 16
 
     _C.INSTSEG.PREDICT = CfgNode()
     # Images per forward pass; instances are the same as with DefaultPredictor.
@@ -145,6 +191,13 @@ def add_instseg_config(cfg: CfgNode) -> None:
     _C.INSTSEG.VIDEO.MAX_FRAMES = 0
 
 
+def is_semantic(cfg: CfgNode) -> bool:
+    """Whether the config's model labels pixels (a class-id map per image) instead of instances."""
+    if cfg.MODEL.META_ARCHITECTURE == CLASSICAL_ARCHITECTURE:
+        return not cfg.MODEL.CLASSICAL.INSTANCES
+    return cfg.MODEL.META_ARCHITECTURE in SEMANTIC_ARCHITECTURES
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -172,6 +225,7 @@ def build_cfg(
     if len(opts) % 2:
         raise ConfigError(f"command line: overrides must be KEY VALUE pairs, got {list(opts)}")
     cfg = get_cfg()
+    add_deeplab_config(cfg)
     add_instseg_config(cfg)
     cfg.MODEL.DEVICE = default_device()
 

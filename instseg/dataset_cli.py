@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 
 def cmd_dataset_validate(args: argparse.Namespace) -> int:
     from instseg.data.validate import has_errors, validate_coco_dataset
 
-    problems = validate_coco_dataset(args.json, args.images)
+    if not args.json and not args.masks:
+        print("error: give --json (COCO instances) or --masks (class-id PNGs)", file=sys.stderr)
+        return 2
+    problems, checked = [], []
+    if args.json:
+        problems += validate_coco_dataset(args.json, args.images)
+        checked.append(args.json)
+    if args.masks:
+        from instseg.data.mask_checks import validate_mask_folder
+
+        classes = [c.strip() for c in args.classes.split(",")] if args.classes else []
+        problems += validate_mask_folder(args.images, args.masks, classes)
+        checked.append(args.masks)
     for problem in problems:
         print(problem)
     errors = sum(p.severity == "error" for p in problems)
-    print(f"{args.json}: {errors} error(s), {len(problems) - errors} warning(s)")
+    print(f"{' + '.join(checked)}: {errors} error(s), {len(problems) - errors} warning(s)")
     return 1 if has_errors(problems) else 0
 
 
@@ -35,6 +49,14 @@ def cmd_dataset_sample(args: argparse.Namespace) -> int:
     print(f"train: {sample.train_json} ({sample.train_images})")
     print(f"val:   {sample.val_json} ({sample.val_images})")
     print(f"classes: {', '.join(sample.class_names)}")
+    if args.semantic_masks:
+        from instseg.data.semantic import coco_semantic_classes, write_semantic_masks
+
+        for split, json_file in (("train", sample.train_json), ("val", sample.val_json)):
+            out = Path(args.out) / f"{split}_masks"
+            count = write_semantic_masks(json_file, out)
+            print(f"{split} masks: {out} ({count} class-id PNGs)")
+        print(f"semantic classes: {', '.join(coco_semantic_classes(sample.class_names))}")
     return 0
 
 
@@ -134,8 +156,10 @@ def add_dataset_command(commands) -> None:
     )
     dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True)
     validate = dataset_commands.add_parser("validate", help="report every problem in a dataset")
-    validate.add_argument("--json", required=True, help="COCO instances JSON")
+    validate.add_argument("--json", help="COCO instances JSON")
     validate.add_argument("--images", required=True, help="image root folder")
+    validate.add_argument("--masks", help="folder of class-id PNGs named as the images")
+    validate.add_argument("--classes", help="with --masks: comma-separated class names, id order")
     validate.set_defaults(func=cmd_dataset_validate)
     stats = dataset_commands.add_parser("stats", help="per-class counts and object sizes")
     stats.add_argument("--json", required=True, help="COCO instances JSON")
@@ -145,6 +169,9 @@ def add_dataset_command(commands) -> None:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--num-train", type=int, default=None)
     sample.add_argument("--num-val", type=int, default=None)
+    sample.add_argument(
+        "--semantic-masks", action="store_true", help="also write class-id PNGs (SPLIT_masks/)"
+    )
     sample.set_defaults(func=cmd_dataset_sample)
     merge = dataset_commands.add_parser(
         "merge", help="merge COCO JSONs: categories by name, ids renumbered"

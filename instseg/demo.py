@@ -5,6 +5,7 @@ Every stage is the same code the CLI runs on user data; the demo only chooses in
 """
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from instseg.config import ConfigError, default_device, resolve_config_path
 from instseg.data.sample_data import write_sample_dataset
@@ -37,6 +39,11 @@ DEMO_CONFIG = "demo_R18_FPN_cpu"
 # (every class gets some AP; the full schedule is what gives a usable model).
 QUICK_OPTS = ["SOLVER.MAX_ITER", "250", "SOLVER.STEPS", "(200, 235)", "TEST.EVAL_PERIOD", "0"]
 VIDEO_FRAMES, VIDEO_FPS, VIDEO_SIZE = 48, 12, (256, 320)
+# The semantic part: the small U-Net on the same data (its masks rendered from the COCO JSON)
+# beside a classical baseline.
+SEMANTIC_CONFIG = "semantic_unet_cpu"
+SEMANTIC_ITERS, SEMANTIC_QUICK_ITERS = 400, 80
+CLASSICAL_BASELINE = "otsu"
 THREE_PANEL_IMAGES = 3
 GRID_IMAGES = 12
 
@@ -46,13 +53,18 @@ class DemoSummary:
     output_dir: Path
     segm_ap: float = float("nan")
     bbox_ap: float = float("nan")
+    semantic: dict[str, dict[str, float]] = field(default_factory=dict)  # method: scores
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
     report: Path | None = None
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{name} {secs:.0f}s" for name, secs in self.seconds.items())
+        semantic = "; ".join(
+            f"{method} mIoU {scores['miou']:.1f}" for method, scores in self.semantic.items()
+        )
         return [
             f"val segm AP {self.segm_ap:.1f}, bbox AP {self.bbox_ap:.1f}",
+            *([f"semantic (val): {semantic}"] if semantic else []),
             f"time: {sum(self.seconds.values()) / 60:.1f} min ({stages})",
             f"report: {self.report}",
         ]
@@ -64,17 +76,6 @@ def _timed(summary: DemoSummary, name: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     summary.seconds[name] = time.perf_counter() - start
-
-
-def _dataset_opts(sample) -> list[str]:
-    return [
-        "INSTSEG.DATASETS.TRAIN.NAME", "demo_sample_train",
-        "INSTSEG.DATASETS.TRAIN.JSON", str(sample.train_json),
-        "INSTSEG.DATASETS.TRAIN.IMAGES", str(sample.train_images),
-        "INSTSEG.DATASETS.VAL.NAME", "demo_sample_val",
-        "INSTSEG.DATASETS.VAL.JSON", str(sample.val_json),
-        "INSTSEG.DATASETS.VAL.IMAGES", str(sample.val_images),
-    ]  # fmt: skip
 
 
 def _precision_opts() -> list[str]:
@@ -108,7 +109,7 @@ def run_demo(output_dir: str | os.PathLike, quick: bool = False, weights: str | 
 
     with _timed(summary, "train"):
         run_dir = out / "train"
-        opts = _dataset_opts(sample) + _precision_opts() + (QUICK_OPTS if quick else [])
+        opts = sample.config_opts("demo_sample") + _precision_opts() + (QUICK_OPTS if quick else [])
         train(
             TrainRequest(
                 config_files=[str(resolve_config_path(DEMO_CONFIG))],
@@ -152,15 +153,87 @@ def run_demo(output_dir: str | os.PathLike, quick: bool = False, weights: str | 
         )
         video = predict_video(load_predict_cfg(options), clip.path, out / "video")
 
+    with _timed(summary, "semantic"):
+        semantic_section = _semantic_demo(out, sample, quick, summary)
+
     with _timed(summary, "report"):
         summary.report = _write_demo_report(
-            out, stats, results, results_path, run_dir, sample, predict_dir, prediction, video
-        )
+            out, stats, results, results_path, run_dir, sample, predict_dir, prediction, video,
+            semantic_section,
+        )  # fmt: skip
     return summary
 
 
+def _semantic_demo(out: Path, sample, quick: bool, summary: DemoSummary) -> ReportSection:
+    """Train the small U-Net, predict the val images with it and with a classical method, and
+    score both on the same masks (instseg.engine.semantic_metrics)."""
+    from instseg.inference.predict import PredictOptions, load_predict_cfg, predict_images
+
+    iters = SEMANTIC_QUICK_ITERS if quick else SEMANTIC_ITERS
+    run_dir = out / "semantic" / "train"
+    opts = sample.config_opts("demo_semantic") + [
+        "SOLVER.MAX_ITER", str(iters), "TEST.EVAL_PERIOD", str(iters),
+        "SOLVER.CHECKPOINT_PERIOD", str(iters),
+    ]  # fmt: skip
+    config = str(resolve_config_path(SEMANTIC_CONFIG))
+    train(TrainRequest(config_files=[config], opts=opts, output_dir=str(run_dir)))
+    runs = {
+        "U-Net": ([str(run_dir / "config.yaml")], str(run_dir / "model_final.pth")),
+        CLASSICAL_BASELINE: ([str(resolve_config_path("classical"))], ""),
+    }
+    folders = {}
+    for method, (configs, weights) in runs.items():
+        folders[method] = out / "semantic" / method.lower().replace("-", "")
+        extra = [] if weights else ["MODEL.CLASSICAL.METHOD", CLASSICAL_BASELINE]
+        options = PredictOptions(
+            str(folders[method]), configs, weights, extra, existing="overwrite", progress=False
+        )
+        predict_images(load_predict_cfg(options), sample.val_images, options)
+    summary.semantic = _score_semantic(folders, run_dir)
+    rows = [
+        f"| {method} | {s['miou']:.1f} | {s['fg_iou']:.1f} | {s['pixel_acc']:.1f} |"
+        for method, s in summary.semantic.items()
+    ]
+    table = "\n".join(["| method | mIoU | foreground IoU | pixel accuracy |", "|---|---|---|---|"])
+    text = (
+        f"U-Net ({SEMANTIC_CONFIG}, {iters} iterations from random init) and "
+        f"{CLASSICAL_BASELINE} (no training) on the val images: every pixel background or one "
+        f"of the shapes. The classical method's classes are scored under the labelling that "
+        f"suits them best.\n\n" + "\n".join([table, *rows])
+    )
+    stems = [p.stem for p in sorted(Path(sample.val_images).glob("*.jpg"))[:2]]
+    images = [folders[m] / f"{stem}.panels.jpg" for stem in stems for m in folders]
+    return ReportSection("Semantic segmentation", text, images=images,
+                         links=[("U-Net config.yaml", run_dir / "config.yaml")])  # fmt: skip
+
+
+def _score_semantic(folders: dict[str, Path], run_dir: Path) -> dict[str, dict[str, float]]:
+    """Each method's class-id PNGs against the val masks."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from instseg.data.semantic import SemanticGroundTruth
+    from instseg.engine.semantic_metrics import confusion_matrix, semantic_scores, unnamed_scores
+
+    truth = SemanticGroundTruth("demo_semantic_val")
+    records = DatasetCatalog.get("demo_semantic_val")
+    num_classes = len(MetadataCatalog.get("demo_semantic_val").stuff_classes)
+    scores = {}
+    for method, folder in folders.items():
+        images = json.loads((folder / "images.json").read_text())
+        num_predicted = len(images["categories"])
+        pairs = []
+        for record in records:
+            stem = Path(record["file_name"]).stem
+            predicted = cv2.imread(str(folder / f"{stem}.masks.png"), cv2.IMREAD_UNCHANGED)
+            pairs.append((truth(record["sem_seg_file_name"]), predicted.astype(np.int64)))
+        confusion = confusion_matrix(pairs, num_classes, num_predicted)
+        named = num_predicted == num_classes
+        scores[method] = semantic_scores(confusion) if named else unnamed_scores(confusion)
+    return scores
+
+
 def _write_demo_report(
-    out, stats, results, results_path, run_dir, sample, predict_dir, prediction, video
+    out, stats, results, results_path, run_dir, sample, predict_dir, prediction, video, semantic
 ):
     figures = out / "figures"
     val_images = sorted(Path(sample.val_images).glob("*.jpg"))
@@ -222,6 +295,7 @@ def _write_demo_report(
             ]
             + ([("tracks (MOTChallenge CSV)", Path(video.tracks))] if video.tracks else []),
         ),
+        semantic,
     ]
     md, _ = write_report(out, "instseg demo report", sections)
     return md

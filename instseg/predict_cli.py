@@ -244,9 +244,11 @@ def build_predict_options(args: argparse.Namespace):
     from instseg.config import ConfigError
     from instseg.inference.predict import PredictOptions
 
-    for flag in ("config", "weights", "output"):
+    command = getattr(args, "command_name", "predict")
+    required = ("output",) if command == "segment" else ("config", "weights", "output")
+    for flag in required:
         if not getattr(args, flag):
-            raise ConfigError(f"predict: --{flag} is required")
+            raise ConfigError(f"{command}: --{flag} is required")
     opts = list(args.opts or [])
     opts += _flag_overrides(args, _PREDICT_FLAG_KEYS) + video_overrides(args)
     if args.classes is not None:
@@ -328,6 +330,57 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return result.exit_status
 
 
+def _add_overrides(parser: argparse.ArgumentParser, prog: str) -> None:
+    """Trailing sources, ``KEY VALUE`` overrides and options given after them."""
+    late_options = argparse.ArgumentParser(prog=prog, add_help=False)
+    _add_predict_options(late_options)
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        action=_OverridesAndLateOptions,
+        options_parser=late_options,
+        metavar="KEY VALUE",
+        help="config overrides",
+    )
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """``instseg predict`` with a classical method (configs/classical.yaml) instead of a model."""
+    from instseg.config import resolve_config_path
+
+    args.config = [str(resolve_config_path("classical")), *args.config]
+    args.weights = ""
+    args.opts = [
+        "MODEL.CLASSICAL.METHOD", args.method,
+        "MODEL.CLASSICAL.CLUSTERS", str(args.clusters),
+        "MODEL.CLASSICAL.INSTANCES", str(bool(args.instances)),
+        *(args.opts or []),
+    ]  # fmt: skip
+    return cmd_predict(args)
+
+
+def add_segment_command(commands) -> None:
+    """The ``instseg segment`` sub-command: classical methods over the same sources."""
+    from instseg.config import CLASSICAL_METHODS
+
+    segment = commands.add_parser(
+        "segment",
+        help="segment images or videos with a classical method (no training)",
+        description="Otsu threshold, k-means colour clusters, watershed or Canny edges over "
+        "SOURCE, writing what instseg predict writes: class-id PNGs, overlays, three-panel "
+        "figures and predictions.json (with --instances: connected components as instances).",
+    )
+    segment.add_argument("source", metavar="SOURCE", help="image, folder, glob, list or video")
+    segment.add_argument("--method", required=True, choices=CLASSICAL_METHODS)
+    segment.add_argument("--clusters", type=int, default=3, help="k-means clusters (default 3)")
+    segment.add_argument(
+        "--instances", action="store_true", help="objects as instances instead of a class map"
+    )
+    _add_predict_options(segment)
+    _add_overrides(segment, "instseg segment")
+    segment.set_defaults(func=cmd_segment, existing=None, command_name="segment")
+
+
 def add_predict_command(commands) -> None:
     """The ``instseg predict`` sub-command, on ``commands`` (argparse sub-parsers)."""
     predict = commands.add_parser(
@@ -343,14 +396,5 @@ def add_predict_command(commands) -> None:
         help="image, folder, glob, .txt list or video; several may follow (before KEY VALUE)",
     )
     _add_predict_options(predict)
-    late_options = argparse.ArgumentParser(prog="instseg predict", add_help=False)
-    _add_predict_options(late_options)
-    predict.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        action=_OverridesAndLateOptions,
-        options_parser=late_options,
-        metavar="KEY VALUE",
-        help="config overrides",
-    )
+    _add_overrides(predict, "instseg predict")
     predict.set_defaults(func=cmd_predict, existing=None)

@@ -38,17 +38,6 @@ class PlainTrainer(DefaultTrainer):
         return COCOEvaluator(dataset_name, output_dir=output_folder or cfg.OUTPUT_DIR)
 
 
-def dataset_opts(sample, prefix: str) -> list[str]:
-    return [
-        "INSTSEG.DATASETS.TRAIN.NAME", f"{prefix}_train",
-        "INSTSEG.DATASETS.TRAIN.JSON", str(sample.train_json),
-        "INSTSEG.DATASETS.TRAIN.IMAGES", str(sample.train_images),
-        "INSTSEG.DATASETS.VAL.NAME", f"{prefix}_val",
-        "INSTSEG.DATASETS.VAL.JSON", str(sample.val_json),
-        "INSTSEG.DATASETS.VAL.IMAGES", str(sample.val_images),
-    ]  # fmt: skip
-
-
 def time_trainer(trainer_cls, cfg) -> dict:
     """Train from scratch for cfg.SOLVER.MAX_ITER iterations with one evaluation at the end."""
     trainer = trainer_cls(cfg)
@@ -77,7 +66,7 @@ def bench_overhead(sample, work: Path, iters: int, rounds: int) -> dict:
     results: dict[str, list[dict]] = {name: [] for name, _, _ in trainers}
     for round_index in range(rounds):
         for name, trainer_cls, extra in trainers:
-            opts = dataset_opts(sample, "bench") + extra + [
+            opts = sample.config_opts("bench") + extra + [
                 "SOLVER.MAX_ITER", str(iters),
                 "TEST.EVAL_PERIOD", str(iters),
                 "SOLVER.CHECKPOINT_PERIOD", str(iters * 10),
@@ -122,7 +111,7 @@ def bench_demo(sample, work: Path) -> dict:
     results = train(
         TrainRequest(
             config_files=[str(DEMO_CONFIG)],
-            opts=dataset_opts(sample, "bench_demo"),
+            opts=sample.config_opts("bench_demo"),
             output_dir=str(work / "demo"),
         )
     )

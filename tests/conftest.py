@@ -18,6 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = REPO_ROOT / "configs"
 DEMO_CONFIG = CONFIGS_DIR / "demo_R18_FPN_cpu.yaml"
 R50_CONFIG = CONFIGS_DIR / "mask_rcnn_R50_FPN.yaml"
+UNET_CONFIG = CONFIGS_DIR / "semantic_unet_cpu.yaml"
+DEEPLAB_CONFIG = CONFIGS_DIR / "semantic_deeplabv3plus_cpu.yaml"
 
 SAMPLE_NUM_TRAIN = 24
 SAMPLE_NUM_VAL = 8
@@ -101,6 +103,39 @@ def trained_run(tmp_path_factory, dataset_opts, tiny_opts):
     )
     train(request)
     return run_dir
+
+
+# The semantic CPU configs at test sizes: a few iterations of 128 px images, evaluated once at
+# the end (so the best-checkpoint hook runs).
+SEMANTIC_TINY_OPTS = [
+    "SOLVER.MAX_ITER", "30",
+    "SOLVER.WARMUP_ITERS", "5",
+    "SOLVER.CHECKPOINT_PERIOD", "100000",
+    "TEST.EVAL_PERIOD", "30",
+    "INPUT.MIN_SIZE_TRAIN", "(128,)",
+    "INPUT.MAX_SIZE_TRAIN", "160",
+    "INPUT.MIN_SIZE_TEST", "128",
+    "INPUT.MAX_SIZE_TEST", "160",
+    "DATALOADER.NUM_WORKERS", "0",
+    "SEED", "0",
+]  # fmt: skip
+
+
+def semantic_dataset_opts(sample_dataset, tag: str) -> list[str]:
+    """``sample_dataset`` declared under names unique to this session."""
+    return sample_dataset.config_opts(f"test_sem_{tag}_{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="session")
+def semantic_run(tmp_path_factory, sample_dataset):
+    """(run folder, final eval results, config opts) of the small U-Net trained 30 iterations
+    on ``sample_dataset``, its masks rendered from the COCO JSON."""
+    from instseg.engine.trainer import TrainRequest, train
+
+    run_dir = tmp_path_factory.mktemp("semantic_run")
+    opts = semantic_dataset_opts(sample_dataset, "unet") + SEMANTIC_TINY_OPTS
+    results = train(TrainRequest([str(UNET_CONFIG)], opts=opts, output_dir=str(run_dir)))
+    return run_dir, results, opts
 
 
 @pytest.fixture(scope="session")

@@ -79,3 +79,17 @@ def test_demo_report_links_viewable_figures(demo_run):
         assert image is not None and image.shape[1] > 2 * image.shape[0] * 0.9
     grid = cv2.imread(str(out / "figures" / "predictions_grid.png"))
     assert grid is not None and grid.shape[0] * 4 >= grid.shape[1] * (GRID_IMAGES // 4) // 4
+
+
+def test_demo_semantic_part_scores_unet_and_a_classical_baseline(demo_run):
+    out, stdout = demo_run
+    match = re.search(r"semantic \(val\): U-Net mIoU ([\d.]+); otsu mIoU ([\d.]+)", stdout)
+    assert match, stdout
+    assert 0 < float(match.group(1)) <= 100 and 0 < float(match.group(2)) <= 100
+    metrics = (out / "semantic" / "train" / "metrics.json").read_text()
+    assert "sem_seg/mIoU" in metrics
+    for method in ("unet", "otsu"):
+        panels = cv2.imread(str(out / "semantic" / method / "00000.panels.jpg"))
+        assert panels is not None and panels.shape[1] > 3 * 256
+    report = (out / "report.md").read_text()
+    assert "Semantic segmentation" in report and "| U-Net |" in report

@@ -14,10 +14,11 @@ ALLOWED = {
     "io": {"errors"},
     "structures": set(),
     "config": {"errors", "io"},
+    "modeling": {"errors", "config"},
     "data": {"errors", "io", "config", "structures"},
     "viz": {"errors", "io", "config", "structures"},
-    "engine": {"errors", "io", "config", "data", "viz", "structures"},
-    "inference": {"errors", "io", "config", "data", "viz", "engine", "structures"},
+    "engine": {"errors", "io", "config", "data", "viz", "structures", "modeling"},
+    "inference": {"errors", "io", "config", "data", "viz", "engine", "structures", "modeling"},
 }
 APPS = {"cli", "predict_cli", "dataset_cli", "demo", "doctor", "__init__"}
 MAX_LINES = 400

@@ -15,14 +15,17 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.data.datasets import register_coco_instances
 
-from instseg.config import ConfigError
+from instseg.config import ConfigError, is_semantic
 from instseg.data.preflight import check_dataset
+from instseg.data.semantic import coco_semantic_classes, register_semantic_dataset
 
 logger = logging.getLogger(__name__)
 
 # Detectron2's default MODEL.ROI_HEADS.NUM_CLASSES (COCO's 80 things): this value means "not set
 # by the project", so the training JSON decides; any other value must agree with the JSON.
 DEFAULT_NUM_CLASSES = 80
+# The same for MODEL.SEM_SEG_HEAD.NUM_CLASSES (COCO-stuff's 54).
+DEFAULT_NUM_SEMANTIC_CLASSES = 54
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ def register_datasets(cfg: CfgNode) -> CfgNode:
     """Register every split declared under ``INSTSEG.DATASETS`` and return a frozen copy of
     ``cfg`` whose NUM_CLASSES and THING_CLASSES follow the training JSON (or, without a training
     set, the validation/test JSON)."""
+    if is_semantic(cfg):
+        return register_semantic_datasets(cfg)
     declared = cfg.INSTSEG.DATASETS
     found: dict[str, CocoCategories] = {}
     for split in ("TRAIN", "VAL", "TEST"):
@@ -137,8 +142,80 @@ def register_datasets(cfg: CfgNode) -> CfgNode:
     return cfg
 
 
+def register_semantic_datasets(cfg: CfgNode) -> CfgNode:
+    """:func:`register_datasets` for a semantic model: each split from its mask folder or its
+    COCO JSON; INSTSEG.SEMANTIC.CLASSES and MODEL.SEM_SEG_HEAD.NUM_CLASSES follow the data."""
+    declared = cfg.INSTSEG.DATASETS
+    found: dict[str, list[str]] = {}
+    for split in ("TRAIN", "VAL", "TEST"):
+        node = declared[split]
+        if not node.NAME:
+            continue
+        if not node.IMAGES or not (node.JSON or node.MASKS):
+            raise ConfigError(
+                f"INSTSEG.DATASETS.{split}: a semantic dataset needs IMAGES and MASKS (class-id "
+                "PNGs) or JSON (COCO instances, rendered into masks)"
+            )
+        if node.JSON and not node.MASKS:
+            check_dataset(
+                node.JSON,
+                node.IMAGES,
+                verify_images=bool(declared.CHECK_IMAGES),
+                max_pixels=int(cfg.INSTSEG.MAX_IMAGE_PIXELS),
+            )
+        if node.MASKS:
+            classes = list(cfg.INSTSEG.SEMANTIC.CLASSES)
+            if not classes:
+                raise ConfigError(
+                    f"INSTSEG.SEMANTIC.CLASSES: required with INSTSEG.DATASETS.{split}.MASKS "
+                    "(class id = index in the list)"
+                )
+            register_semantic_dataset(node.NAME, node.IMAGES, classes, mask_root=node.MASKS)
+        else:
+            classes = coco_semantic_classes(load_coco_categories(node.JSON).names)
+            register_semantic_dataset(node.NAME, node.IMAGES, classes, json_file=node.JSON)
+        found[split] = classes
+    if not found:
+        return cfg
+    reference_split, classes = next(iter(found.items()))
+    for split, names in found.items():
+        if names != classes:
+            raise ConfigError(
+                f"INSTSEG.DATASETS.{split}: classes {names} differ from "
+                f"INSTSEG.DATASETS.{reference_split}'s {classes}"
+            )
+    if cfg.INSTSEG.SEMANTIC.CLASSES and list(cfg.INSTSEG.SEMANTIC.CLASSES) != classes:
+        raise ConfigError(
+            f"INSTSEG.SEMANTIC.CLASSES {list(cfg.INSTSEG.SEMANTIC.CLASSES)} differ from the "
+            f"dataset's {classes}"
+        )
+    configured = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    if configured not in (DEFAULT_NUM_SEMANTIC_CLASSES, len(classes)):
+        raise ConfigError(
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {configured} but the data has {len(classes)} "
+            "classes; remove the setting to follow the dataset"
+        )
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = len(classes)
+    cfg.INSTSEG.SEMANTIC.CLASSES = classes
+    cfg.freeze()
+    return cfg
+
+
 def build_metadata(cfg: CfgNode) -> Metadata:
-    """Class names for drawing and outputs: the model's own classes, as saved in its config."""
+    """Class names for drawing and outputs: the model's own classes, as saved in its config
+    (a semantic model's as ``stuff_classes``)."""
+    if is_semantic(cfg):
+        classes = list(cfg.INSTSEG.SEMANTIC.CLASSES) or [
+            f"class_{i}" for i in range(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+        ]
+        if len(classes) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
+            raise ConfigError(
+                f"INSTSEG.SEMANTIC.CLASSES has {len(classes)} names but "
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}"
+            )
+        return Metadata(name="instseg_model", stuff_classes=classes, ignore_label=255)
     if cfg.INSTSEG.THING_CLASSES:
         classes = list(cfg.INSTSEG.THING_CLASSES)
     elif cfg.DATASETS.TRAIN and cfg.DATASETS.TRAIN[0] in DatasetCatalog.list():

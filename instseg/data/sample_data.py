@@ -63,6 +63,18 @@ class SampleDataset:
     val_images: Path
     class_names: tuple[str, ...]
 
+    def config_opts(self, prefix: str) -> list[str]:
+        """``KEY VALUE`` overrides declaring it as the train (``PREFIX_train``) and val
+        (``PREFIX_val``) sets of a config."""
+        return [
+            "INSTSEG.DATASETS.TRAIN.NAME", f"{prefix}_train",
+            "INSTSEG.DATASETS.TRAIN.JSON", str(self.train_json),
+            "INSTSEG.DATASETS.TRAIN.IMAGES", str(self.train_images),
+            "INSTSEG.DATASETS.VAL.NAME", f"{prefix}_val",
+            "INSTSEG.DATASETS.VAL.JSON", str(self.val_json),
+            "INSTSEG.DATASETS.VAL.IMAGES", str(self.val_images),
+        ]  # fmt: skip
+
 
 def draw_scene(
     background: np.ndarray, objects: Sequence[SceneObject]

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from instseg.engine.evaluator import InstsegCOCOEvaluator
 from instseg.io.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -67,6 +66,45 @@ def format_per_class_ap(results: Mapping) -> str:
     )
 
 
+SEMANTIC_METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
+
+
+def format_semantic_table(results: Mapping) -> str:
+    """Summary of a semantic evaluation: mIoU, frequency-weighted IoU, mean class accuracy and
+    pixel accuracy, in percent."""
+    sem = results.get("sem_seg", {})
+    return tabulate(
+        [[_fmt(sem.get(m)) for m in SEMANTIC_METRICS]],
+        headers=list(SEMANTIC_METRICS),
+        tablefmt="pipe",
+        stralign="right",
+        disable_numparse=True,
+    )
+
+
+def format_per_class_iou(results: Mapping) -> str:
+    """Per-class IoU and accuracy of a semantic evaluation."""
+    sem = results.get("sem_seg", {})
+    names = [key[4:] for key in sem if key.startswith("IoU-")]
+    rows = [[name, _fmt(sem.get(f"IoU-{name}")), _fmt(sem.get(f"ACC-{name}"))] for name in names]
+    return tabulate(
+        rows,
+        headers=["class", "IoU", "ACC"],
+        tablefmt="pipe",
+        stralign="right",
+        disable_numparse=True,
+    )
+
+
+def format_results(results: Mapping, per_class: bool = True) -> str:
+    """The tables of any evaluation: AP for instance models, IoU for semantic ones."""
+    if "sem_seg" in results:
+        tables = [format_semantic_table(results)] + ([format_per_class_iou(results)] * per_class)
+    else:
+        tables = [format_ap_table(results)] + ([format_per_class_ap(results)] * per_class)
+    return "\n".join(tables)
+
+
 def _json_ready(obj):
     """Plain JSON values: numpy scalars/arrays unwrapped, NaN/inf as null (strict JSON readers)."""
     if isinstance(obj, Mapping):
@@ -103,8 +141,9 @@ class EvalRequest:
 def run_evaluation(request: EvalRequest) -> tuple[dict, Path]:
     """Evaluate ``request.weights`` on a registered dataset (default: the config's val set).
 
-    Returns the results (``{"bbox": {...}, "segm": {...}}``) and the JSON file they were written
-    to: ``<output>/eval_<dataset>.json``, by default beside the weights.
+    Returns the results (``{"bbox": {...}, "segm": {...}}``, or ``{"sem_seg": {...}}`` for a
+    semantic model) and the JSON file they were written to: ``<output>/eval_<dataset>.json``,
+    by default beside the weights.
     """
     from detectron2.data import DatasetCatalog
 
@@ -127,7 +166,7 @@ def run_evaluation(request: EvalRequest) -> tuple[dict, Path]:
     precision = resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE)
     logger.info("Evaluating %s on %s in %s", request.weights, dataset, precision.name)
     model = PrecisionModel(model, precision)
-    evaluator = InstsegCOCOEvaluator(dataset, output_dir=str(output_dir / f"inference_{dataset}"))
+    evaluator = Trainer.build_evaluator(cfg, dataset, str(output_dir / f"inference_{dataset}"))
     results = Trainer.test(cfg, model, evaluators=[evaluator])
     path = write_results_json(results, output_dir / f"eval_{dataset}.json")
     return results, path

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.data import transforms as T
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
+from instseg.data.semantic import build_mapper
 from instseg.viz.curves import plot_training_curves
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class ValidationLoss(HookBase):
         if cfg.INSTSEG.TRAIN.VAL_LOSS_MAX_IMAGES > 0:
             dataset = dataset[: cfg.INSTSEG.TRAIN.VAL_LOSS_MAX_IMAGES]
         resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-        mapper = DatasetMapper(cfg, is_train=True, augmentations=[resize])
+        mapper = build_mapper(cfg, is_train=True, augmentations=[resize])
         batch_size = max(1, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
         return build_detection_test_loader(dataset, mapper=mapper, batch_size=batch_size)
 

@@ -146,6 +146,10 @@ class PrecisionModel(torch.nn.Module):
     def forward(self, batched_inputs: list[dict]) -> list[dict]:
         if self.precision.dtype is None:
             return self.model(batched_inputs)
+        if not hasattr(self.model, "roi_heads"):  # a semantic model: logits back in fp32
+            with self.precision.autocast():
+                outputs = self.model(batched_inputs)
+            return [{k: v.float() for k, v in o.items()} for o in outputs]
         with self.precision.autocast():
             raw = self.model.inference(batched_inputs, do_postprocess=False)
         outputs = []

@@ -12,15 +12,21 @@ from pathlib import Path
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog
+from detectron2.data import (
+    DatasetCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer, hooks, launch
 from detectron2.engine import defaults as _d2_defaults
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from instseg.config import build_cfg, save_cfg
+import instseg.modeling  # noqa: F401  (registers instseg's meta-architectures)
+from instseg.config import build_cfg, is_semantic, save_cfg
 from instseg.data.catalog import register_datasets
+from instseg.data.semantic import SemanticGroundTruth, build_mapper
 from instseg.engine.amp import AutocastTrainer
 from instseg.engine.checkpoints import FinetuneCheckpointer
 from instseg.engine.hooks import BestCheckpointer, PeriodicWriter, TrainingCurves, ValidationLoss
@@ -55,10 +61,16 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        from instseg.engine.evaluator import InstsegCOCOEvaluator
-
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        return InstsegCOCOEvaluator(dataset_name, output_dir=output_folder)
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, False))
 
     def build_hooks(self):
         cfg = self.cfg
@@ -75,7 +87,7 @@ class Trainer(DefaultTrainer):
         if has_val and cfg.INSTSEG.TRAIN.VAL_LOSS:
             extra.append(ValidationLoss(cfg, period))
         if has_val and comm.is_main_process():
-            extra.append(BestCheckpointer(period, self.checkpointer, cfg.INSTSEG.TRAIN.BEST_METRIC))
+            extra.append(BestCheckpointer(period, self.checkpointer, best_metric(cfg)))
         hook_list[eval_index + 1 : eval_index + 1] = extra
         for i, hook in enumerate(hook_list):
             if type(hook) is hooks.PeriodicWriter:
@@ -83,6 +95,29 @@ class Trainer(DefaultTrainer):
         if cfg.INSTSEG.TRAIN.PLOT_CURVES and comm.is_main_process():
             hook_list.append(TrainingCurves(cfg.OUTPUT_DIR, period))
         return hook_list
+
+
+def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str | None):
+    """COCO AP (instseg's evaluator) for instance models, Detectron2's SemSegEvaluator (mIoU,
+    per-class IoU, pixel accuracy, fwIoU) for semantic ones."""
+    if is_semantic(cfg):
+        from detectron2.evaluation import SemSegEvaluator
+
+        return SemSegEvaluator(
+            dataset_name,
+            output_dir=output_folder,
+            sem_seg_loading_fn=SemanticGroundTruth(dataset_name),
+        )
+    from instseg.engine.evaluator import InstsegCOCOEvaluator
+
+    return InstsegCOCOEvaluator(dataset_name, output_dir=output_folder)
+
+
+def best_metric(cfg: CfgNode) -> str:
+    """The metric that selects model_best.pth: a semantic model left at the instance default
+    is selected by mIoU."""
+    metric = cfg.INSTSEG.TRAIN.BEST_METRIC
+    return "sem_seg/mIoU" if is_semantic(cfg) and metric == "segm/AP" else metric
 
 
 # Short logger names in console lines, as Detectron2 abbreviates its own.
@@ -95,6 +130,9 @@ def setup_run(cfg: CfgNode) -> None:
     rank = comm.get_rank()
     if comm.is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
+    # Detectron2 caches setup_logger by its arguments: a second run into the same folder in this
+    # process (a resume) must get its file handlers back after they are detached below.
+    setup_logger.cache_clear()
     for name in ("detectron2", "fvcore", "instseg"):
         named_logger = logging.getLogger(name)
         console_streams = (sys.stdout, sys.stderr)

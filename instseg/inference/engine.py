@@ -21,6 +21,7 @@ from detectron2.config import CfgNode
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
 
+from instseg.config import is_semantic
 from instseg.data.catalog import build_metadata
 from instseg.inference.frames import array_frames, file_frames
 from instseg.inference.pipeline import Frame, Pipeline
@@ -30,10 +31,11 @@ from instseg.inference.predictor import (
     instances_to_draw,
     load_model_config,
 )
-from instseg.inference.records import coco_results
+from instseg.inference.records import coco_results, semantic_results
 from instseg.inference.sources import resolve_source
 from instseg.inference.video_options import VideoOptions
 from instseg.viz.render import build_renderer
+from instseg.viz.semantic_renderer import SemanticRenderer
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class Result:
     ``instances`` are on the CPU, class-filtered and sorted by descending score; ``image`` is
     the input (H x W x 3 uint8, BGR); ``drawn`` the annotated picture (BGR) when the predictor
     draws; ``error`` the one-line reason when this input could not be read (no instances then).
+    A semantic model gives ``sem_seg`` (H x W class ids of ``metadata.stuff_classes``) and no
+    instances.
     """
 
     path: Path | None  # None for an array given directly
@@ -68,9 +72,14 @@ class Result:
     image: np.ndarray | None = None
     drawn: np.ndarray | None = None
     error: str | None = None
+    sem_seg: np.ndarray | None = None
 
     def to_coco(self, image_id: int = 1) -> list[dict]:
-        """COCO results (category ids are contiguous class ids + 1), as predictions.json has."""
+        """COCO results (category ids are contiguous class ids + 1), as predictions.json has;
+        for a semantic model, COCO stuff results (one RLE per class present)."""
+        if self.sem_seg is not None:
+            names = list(self.metadata.stuff_classes)
+            return semantic_results(self.sem_seg, image_id, range(1, len(names) + 1), names)
         return coco_results(self.instances, image_id)
 
 
@@ -122,7 +131,11 @@ class Predictor:
             self.video_options.queue_size,
             name="api",
         )
-        self.renderer = build_renderer(self.video_options.renderer, self.metadata) if draw else None
+        self.renderer = None
+        if draw and is_semantic(cfg):
+            self.renderer = SemanticRenderer(self.metadata, self.video_options.renderer)
+        elif draw:
+            self.renderer = build_renderer(self.video_options.renderer, self.metadata)
 
     def predict(self, source) -> Iterator[Result]:
         """Results of every image and video frame of ``source``, in input order.
@@ -136,7 +149,9 @@ class Predictor:
                 height, width = frame.image.shape[:2] if frame.image is not None else (0, 0)
                 instances = _no_instances(height, width)
             drawn = None
-            if self.renderer is not None and frame.image is not None:
+            if self.renderer is not None and frame.sem_seg is not None:
+                drawn = self.renderer.overlay(frame.image, frame.sem_seg)
+            elif self.renderer is not None and frame.image is not None:
                 shown = instances_to_draw(instances, self.video_options.draw_score)
                 drawn = self.renderer.draw(frame.image, shown)
             yield Result(
@@ -149,6 +164,7 @@ class Predictor:
                 frame.image,
                 drawn,
                 frame.error,
+                frame.sem_seg,
             )
 
     def _frames(self, source) -> Iterator[Frame]:

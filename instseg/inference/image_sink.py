@@ -18,7 +18,7 @@ from tqdm import tqdm
 from instseg.inference.job import ERROR, OK, Job, Task
 from instseg.inference.pipeline import Frame, StageClock
 from instseg.inference.predictor import instances_to_draw
-from instseg.inference.records import coco_results
+from instseg.inference.records import coco_results, semantic_results
 from instseg.io.images import atomic_write_image, instance_id_image
 from instseg.io.writers import JsonLinesWriter
 from instseg.structures.cropped_masks import CroppedMasks
@@ -65,6 +65,10 @@ class ImageSink:
         if frame.error is not None or self.renderer is None:
             return
         try:
+            if frame.sem_seg is not None:
+                frame.drawn = self.renderer.overlay(frame.image, frame.sem_seg)
+                frame.panels = self.renderer.panels(frame.image, frame.sem_seg, frame.drawn)
+                return
             shown = instances_to_draw(frame.instances, self.draw_score)
             frame.drawn = self.renderer.draw(frame.image, shown)
         except Exception as e:  # a renderer failure fails this input only
@@ -98,6 +102,8 @@ class ImageSink:
         image, instances = frame.image, frame.instances
         if frame.drawn is not None:
             atomic_write_image(self.output_dir / task.annotated, frame.drawn)
+        if frame.sem_seg is not None:
+            return self._write_semantic(frame, task)
         if task.masks is not None:
             masks = instances.pred_masks if instances.has("pred_masks") else None
             if isinstance(masks, CroppedMasks):
@@ -115,6 +121,36 @@ class ImageSink:
             "instances": len(results),
             "error": None,
             "image": {"id": task.image_id, "file_name": task.rel, "width": width, "height": height},
+            "results": results,
+        }
+
+    def _write_semantic(self, frame: Frame, task: Task) -> dict:
+        """A semantic model's class-id PNG, three-panel figure and per-class results."""
+        class_ids = frame.sem_seg
+        if task.masks is not None:
+            atomic_write_image(self.output_dir / task.masks, class_ids)
+        if frame.panels is not None and task.panels is not None:
+            atomic_write_image(self.output_dir / task.panels, frame.panels)
+        results = semantic_results(
+            class_ids,
+            task.image_id,
+            self.job.category_ids,
+            [c["name"] for c in self.job.categories],
+        )
+        height, width = class_ids.shape
+        frame.image = frame.drawn = frame.panels = frame.sem_seg = None
+        shares = {r["name"]: r["pixel_share"] for r in results}
+        return {
+            "status": OK,
+            "instances": len(results),
+            "error": None,
+            "image": {
+                "id": task.image_id,
+                "file_name": task.rel,
+                "width": width,
+                "height": height,
+                "class_pixel_shares": shares,
+            },
             "results": results,
         }
 

@@ -140,6 +140,7 @@ class Task:
     rel: str
     annotated: str | None  # output path relative to DIR; None when not drawing
     masks: str | None  # output path relative to DIR; None without SAVE_MASKS
+    panels: str | None = None  # a semantic model's three-panel figure; None when not drawing
     identity: tuple[int, int] = (0, 0)  # the input's (size, mtime_ns) when planned
 
 

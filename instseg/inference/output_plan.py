@@ -2,7 +2,7 @@
 
 An input ``<rel>`` (its POSIX path below the SOURCE root) gets, inside the output folder:
 the annotated image ``<rel>`` (``<rel-stem>.jpg`` for formats OpenCV cannot write),
-``<rel-stem>.masks.png``, the annotated video ``<rel-stem>.mp4``, ``<rel-stem>.predictions.jsonl``
+``<rel-stem>.masks.png``, a semantic model's three-panel figure ``<rel-stem>.panels.jpg``, the annotated video ``<rel-stem>.mp4``, ``<rel-stem>.predictions.jsonl``
 and the track files ``<rel-stem>.tracks.csv`` and ``<rel-stem>.tracks.json``.
 Where a name would be claimed twice, by two inputs or by two kinds of output (``a.jpg`` and
 ``a.png`` both giving ``a.masks.png``; ``x.jpg``'s mask and the input ``x.masks.png``), each
@@ -28,6 +28,7 @@ from instseg.config import ConfigError
 KIND_SUFFIXES = {
     "annotated": None,
     "masks": ".masks.png",
+    "panels": ".panels.jpg",
     "video": ".mp4",
     "predictions": ".predictions.jsonl",
     "tracks": ".tracks.csv",

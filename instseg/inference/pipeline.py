@@ -61,7 +61,9 @@ class Frame:
     tag: Any = None  # the job's own handle for routing outputs (e.g. its task)
     model_input: ModelInput | None = None
     instances: Instances | None = None  # CPU, class-filtered, by descending score
+    sem_seg: np.ndarray | None = None  # a semantic model's H x W class ids, instead
     drawn: np.ndarray | None = None
+    panels: np.ndarray | None = None  # a semantic model's three-panel figure
     record: Any = None  # what the output stages made of it (a JSON record, a line)
     tracks: str = ""  # a video frame's lines of NAME.tracks.csv
     seconds: dict[str, float] = field(default_factory=dict)
@@ -77,6 +79,7 @@ class Frame:
         if self.error is None:
             self.error = f"{where}: {doing}: {type(exc).__name__}: {' '.join(str(exc).split())}"
         self.image = self.model_input = self.drawn = self.merger = None
+        self.sem_seg = self.panels = None
 
 
 class StageClock:
@@ -301,7 +304,9 @@ class Pipeline:
             frame.seconds["model"] = frame.seconds.get("model", 0.0) + share
             if instances is None or frame.error is not None:
                 continue
-            if isinstance(item, _Window):
+            if isinstance(instances, torch.Tensor):
+                frame.sem_seg = instances.numpy()
+            elif isinstance(item, _Window):
                 if frame.merger is not None:
                     frame.merger.add(item.index, instances)
             else:

@@ -66,7 +66,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.utils import comm
 
-from instseg.config import ConfigError
+from instseg.config import ConfigError, is_semantic
 from instseg.data.catalog import build_metadata
 from instseg.engine.precision import resolve_precision
 from instseg.inference.finalize import finalize
@@ -96,6 +96,7 @@ from instseg.inference.sources import Source, SourceError, resolve_source
 from instseg.inference.video_options import resolve_renderer_name
 from instseg.io.writers import JsonLinesWriter
 from instseg.viz.render import build_renderer
+from instseg.viz.semantic_renderer import SemanticRenderer
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,8 @@ def predict_images(
     _check_cfg(cfg, options)
     # Ids and output names first: a bad --coco-json or a clash stops before anything is written.
     metadata = build_metadata(cfg)
-    image_ids, categories = assign_ids(source.files, metadata.thing_classes, options.coco_json)
+    names = metadata.stuff_classes if is_semantic(cfg) else metadata.thing_classes
+    image_ids, categories = assign_ids(source.files, names, options.coco_json)
     tasks = _make_tasks(cfg, source, output_dir, image_ids)
     if options.machine_rank != 0:  # machine 0 owns the folder: its lock, checks and merge
         return _run(_plan_job(cfg, tasks, categories, options, output_dir), options)
@@ -233,7 +235,13 @@ def _make_tasks(
     cfg: CfgNode, source: Source, output_dir: Path, image_ids: Sequence[int]
 ) -> list[Task]:
     render, save_masks = bool(cfg.INSTSEG.PREDICT.RENDER), bool(cfg.INSTSEG.PREDICT.SAVE_MASKS)
-    kinds = [k for k, on in (("annotated", render), ("masks", save_masks)) if on]
+    semantic = is_semantic(cfg)  # its class-id PNG is its main output
+    wanted = (
+        ("annotated", render),
+        ("masks", save_masks or semantic),
+        ("panels", render and semantic),
+    )
+    kinds = [k for k, on in wanted if on]
     rels = [f.rel for f in source.files]
     plan = plan_outputs(rels, [kinds] * len(rels), reserved=RESERVED_NAMES)
     check_output_paths(
@@ -255,6 +263,7 @@ def _make_tasks(
                 rel=f.rel,
                 annotated=outputs.get("annotated"),
                 masks=outputs.get("masks"),
+                panels=outputs.get("panels"),
                 identity=identity,
             )
         )
@@ -269,7 +278,10 @@ def _worker_main(job: Job) -> dict | None:
     renderer = None
     if job.cfg.INSTSEG.PREDICT.RENDER:
         name = resolve_renderer_name(job.cfg.INSTSEG.PREDICT.RENDERER)
-        renderer = build_renderer(name, build_metadata(job.cfg))
+        if is_semantic(job.cfg):
+            renderer = SemanticRenderer(build_metadata(job.cfg), name)
+        else:
+            renderer = build_renderer(name, build_metadata(job.cfg))
     desc = "predict" if world == 1 else f"predict (rank 0 of {world})"
     with ImageSink(job, rank, len(tasks), renderer, desc) as sink:
         if tasks:

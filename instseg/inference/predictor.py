@@ -18,7 +18,14 @@ from detectron2.engine import DefaultPredictor
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.structures import Instances
 
-from instseg.config import ConfigError, build_cfg, load_config_yaml
+import instseg.modeling  # noqa: F401  (registers instseg's meta-architectures)
+from instseg.config import (
+    CLASSICAL_ARCHITECTURE,
+    ConfigError,
+    build_cfg,
+    is_semantic,
+    load_config_yaml,
+)
 from instseg.engine.checkpoints import FinetuneCheckpointer, check_weights, resolve_weights
 from instseg.engine.precision import PrecisionModel, resolve_precision
 from instseg.inference.tiles import TileOptions
@@ -69,14 +76,15 @@ class BatchPredictor(DefaultPredictor):
         return ModelInput(tensor, height, width)
 
     @torch.inference_mode()
-    def predict(self, inputs: Sequence[ModelInput]) -> list[Instances]:
-        """Forward a batch; returns each image's Instances on the CPU, in input order.
+    def predict(self, inputs: Sequence[ModelInput]) -> list[Instances | torch.Tensor]:
+        """Forward a batch; returns each image's Instances (a semantic model: its H x W class-id
+        map, uint8) on the CPU, in input order.
 
         Images of different resized shapes are run in separate passes: padding them to a common
         size would change the features near their borders, so results would differ from
         DefaultPredictor's.
         """
-        results: list[Instances | None] = [None] * len(inputs)
+        results: list[Instances | torch.Tensor | None] = [None] * len(inputs)
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, item in enumerate(inputs):
             groups.setdefault(tuple(item.image.shape), []).append(index)
@@ -88,8 +96,16 @@ class BatchPredictor(DefaultPredictor):
                 item["image"] = item["image"].to(device)
                 batch.append(item)
             for i, output in zip(indices, self.network(batch), strict=True):
-                results[i] = output["instances"].to("cpu")
+                results[i] = _result(output)
         return results
+
+
+def _result(output: dict) -> Instances | torch.Tensor:
+    if "instances" in output:
+        return output["instances"].to("cpu")
+    logits = output["sem_seg"]  # K x H x W at the input's size
+    dtype = torch.uint8 if logits.shape[0] <= 256 else torch.int16
+    return logits.argmax(dim=0).to("cpu", dtype)
 
 
 def fold_norms(model: torch.nn.Module) -> int:
@@ -155,9 +171,18 @@ def load_model_config(
     if weights:
         opts += ["MODEL.WEIGHTS", weights]
     cfg = build_cfg(config_files, opts, freeze=False)
-    if not cfg.MODEL.WEIGHTS:
+    if cfg.MODEL.META_ARCHITECTURE == CLASSICAL_ARCHITECTURE:
+        _set_classical_classes(cfg)
+    elif not cfg.MODEL.WEIGHTS:
         raise ConfigError("no weights: pass --weights FILE (a checkpoint from instseg train)")
     run_config = Path(cfg.MODEL.WEIGHTS).parent / "config.yaml"
+    if is_semantic(cfg) and not cfg.INSTSEG.SEMANTIC.CLASSES and run_config.is_file():
+        trained = load_config_yaml(run_config)
+        classes = (trained.get("INSTSEG") or {}).get("SEMANTIC", {}).get("CLASSES") or []
+        if classes:
+            cfg.INSTSEG.SEMANTIC.CLASSES = list(classes)
+            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = len(classes)
+            logger.info("Class names from %s: %s", run_config, ", ".join(classes))
     if not cfg.INSTSEG.THING_CLASSES and run_config.is_file():
         trained = load_config_yaml(run_config)
         classes = (trained.get("INSTSEG") or {}).get("THING_CLASSES") or []
@@ -175,13 +200,26 @@ def load_model_config(
     return cfg
 
 
+def _set_classical_classes(cfg: CfgNode) -> None:
+    """A classical method's classes follow from its settings (no checkpoint to name them)."""
+    from instseg.modeling.classical import classical_classes
+
+    names = classical_classes(cfg)
+    if cfg.MODEL.CLASSICAL.INSTANCES:
+        cfg.INSTSEG.THING_CLASSES, cfg.MODEL.ROI_HEADS.NUM_CLASSES = names, len(names)
+    else:
+        cfg.INSTSEG.SEMANTIC.CLASSES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = names, len(names)
+
+
 def check_model_cfg(cfg: CfgNode) -> None:
     """What a job checks about the model before it writes anything (the model itself loads
     later, in each process): the class filter, the precision, the tiling and the checkpoint's
     contents."""
     class_filter(cfg)
     resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE)
-    TileOptions.from_cfg(cfg)
+    tiles = TileOptions.from_cfg(cfg)
+    if tiles.enabled and is_semantic(cfg):
+        raise ConfigError("INSTSEG.PREDICT.TILES: tiling is for instance models")
     check_weights(cfg.MODEL.WEIGHTS)
 
 
@@ -190,6 +228,8 @@ def class_filter(cfg: CfgNode) -> list[int] | None:
     wanted = list(cfg.INSTSEG.PREDICT.CLASSES)
     if not wanted:
         return None
+    if is_semantic(cfg):
+        raise ConfigError("--classes: a semantic model labels every pixel; filter its outputs")
     from instseg.data.catalog import build_metadata
 
     names = build_metadata(cfg).thing_classes

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+import pycocotools.mask as mask_util
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
 
@@ -33,6 +35,31 @@ def coco_results(
         result["category_id"] = category_ids[c] if category_ids is not None else c + 1
         if track_ids is not None:
             result["track_id"] = track_ids[k] or None  # 0: under INSTSEG.TRACK.MIN_SCORE
+    return results
+
+
+def semantic_results(
+    class_ids: np.ndarray, image_id: int, category_ids: Sequence[int], names: Sequence[str]
+) -> list[dict]:
+    """COCO stuff results of a class-id map: one per class present (``image_id``,
+    ``category_id``, ``segmentation`` RLE over the image, ``area`` in pixels), plus the class's
+    ``name`` and ``pixel_share`` (its fraction of the image's pixels), in class order."""
+    counts = np.bincount(class_ids.ravel(), minlength=len(category_ids))
+    total = max(1, class_ids.size)
+    results = []
+    for c in np.flatnonzero(counts[: len(category_ids)]):
+        rle = mask_util.encode(np.asfortranarray(class_ids == c, dtype=np.uint8))
+        rle["counts"] = rle["counts"].decode("ascii")
+        results.append(
+            {
+                "image_id": image_id,
+                "category_id": int(category_ids[c]),
+                "name": names[c],
+                "segmentation": rle,
+                "area": int(counts[c]),
+                "pixel_share": round(float(counts[c]) / total, 6),
+            }
+        )
     return results
 
 

@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 
 
 def outputs_exist(output_dir: Path, task: Task) -> bool:
-    return all((output_dir / name).is_file() for name in (task.annotated, task.masks) if name)
+    return all(
+        (output_dir / name).is_file() for name in (task.annotated, task.masks, task.panels) if name
+    )
 
 
 def load_prior(output_dir: Path, digest: str) -> dict[str, PriorEntry]:

@@ -40,11 +40,12 @@ from pathlib import Path
 from detectron2.config import CfgNode
 from tqdm import tqdm
 
+from instseg.config import is_semantic
 from instseg.data.catalog import build_metadata
 from instseg.inference.frames import video_frames
 from instseg.inference.pipeline import STAGES, Frame, Pipeline, StageClock
 from instseg.inference.predictor import BatchPredictor, class_filter, instances_to_draw
-from instseg.inference.records import coco_results, frame_record
+from instseg.inference.records import coco_results, frame_record, semantic_results
 from instseg.inference.sources import VIDEO_EXTENSIONS, is_video_path
 from instseg.inference.track_log import TRACKS_CSV_SUFFIX, TRACKS_JSON_SUFFIX, TrackLog
 from instseg.inference.tracking import Tracker, TrackOptions, build_tracker
@@ -55,6 +56,7 @@ from instseg.io.video_reader import open_video
 from instseg.io.video_writer import VideoWriter
 from instseg.viz.render import build_renderer
 from instseg.viz.renderer import Renderer
+from instseg.viz.semantic_renderer import SemanticRenderer
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +145,7 @@ class _VideoSink:
         tracker: Tracker | None = None,
         track_log: TrackLog | None = None,
         tracks_csv=None,
+        semantic_classes: list[str] | None = None,
     ) -> None:
         self.renderer, self.draw_score, self.writer, self.jsonl, self.bar = (
             renderer,
@@ -152,6 +155,7 @@ class _VideoSink:
             bar,
         )
         self.tracker, self.track_log, self.tracks_csv = tracker, track_log, tracks_csv
+        self.semantic_classes = semantic_classes  # a semantic model's: results per class
         self.frames = 0
 
     def stages(self, merged: bool = False):
@@ -171,14 +175,23 @@ class _VideoSink:
             raise VideoError(frame.error)
         if self.renderer is not None:
             try:
-                shown = instances_to_draw(frame.instances, self.draw_score)
-                frame.drawn = self.renderer.draw(frame.image, shown)
+                if frame.sem_seg is not None:
+                    frame.drawn = self.renderer.overlay(frame.image, frame.sem_seg)
+                else:
+                    shown = instances_to_draw(frame.instances, self.draw_score)
+                    frame.drawn = self.renderer.draw(frame.image, shown)
             except Exception as e:
                 frame.fail("cannot draw", e)
                 raise VideoWriteError(frame.error) from e
-        record = frame_record(frame.index, frame.time, coco_results(frame.instances, frame.index))
+        if frame.sem_seg is not None:
+            names = self.semantic_classes
+            ids = list(range(1, len(names) + 1))
+            results = semantic_results(frame.sem_seg, frame.index, ids, names)
+        else:
+            results = coco_results(frame.instances, frame.index)
+        record = frame_record(frame.index, frame.time, results)
         frame.record = json.dumps(record, separators=(",", ":")) + "\n"
-        frame.image = frame.instances = None
+        frame.image = frame.instances = frame.sem_seg = None
 
     def write(self, frame: Frame) -> None:
         if self.writer is not None:
@@ -272,8 +285,12 @@ def predict_video(
         pipeline = pipeline or build_pipeline(cfg, predictor)
         metadata = build_metadata(cfg)
         renderer = writer = None
+        semantic = is_semantic(cfg)
         if options.render:
-            renderer = build_renderer(options.renderer, metadata, video=True)
+            if semantic:
+                renderer = SemanticRenderer(metadata, options.renderer)
+            else:
+                renderer = build_renderer(options.renderer, metadata, video=True)
             writer = VideoWriter(
                 video_path,
                 # With a stride, frames keep their source times, so the nominal rate drops.
@@ -285,7 +302,7 @@ def predict_video(
                 publish=False,
             )
         jsonl = AtomicFile(jsonl_path)
-        tracker = build_tracker(track_options, source.width, source.height)
+        tracker = None if semantic else build_tracker(track_options, source.width, source.height)
         track_log = tracks_csv = None
         if tracker is not None:
             track_log = TrackLog(list(metadata.thing_classes), track_options.min_frames)
@@ -296,8 +313,9 @@ def predict_video(
             total=total, desc=path.name, unit="frame", disable=not progress, dynamic_ncols=True
         ) as bar:
             sink = _VideoSink(
-                renderer, options.draw_score, writer, jsonl, bar, tracker, track_log, tracks_csv
-            )
+                renderer, options.draw_score, writer, jsonl, bar, tracker, track_log, tracks_csv,
+                list(metadata.stuff_classes) if semantic else None,
+            )  # fmt: skip
             try:
                 frames = video_frames(source, rel or path.name, options)
                 pipeline.run(frames, sink.stages(_MERGE_RENDER_ENCODE), clock)

@@ -38,10 +38,17 @@ def draw_three_panel(
 ) -> np.ndarray:
     """Side by side: the input image, its predicted instance masks, the annotated overlay.
     All inputs share H x W; images are BGR uint8."""
-    panels = [original_bgr, colorize_instance_ids(instance_ids), overlay_bgr]
-    gap = np.full((original_bgr.shape[0] + 22, 6, 3), 255, np.uint8)
-    titled = [_titled(p, t) for p, t in zip(panels, PANEL_TITLES, strict=True)]
-    return np.hstack([titled[0], gap, titled[1], gap, titled[2]])
+    return side_by_side([original_bgr, colorize_instance_ids(instance_ids), overlay_bgr])
+
+
+def side_by_side(panels: Sequence[np.ndarray], titles: Sequence[str] = PANEL_TITLES) -> np.ndarray:
+    """Same-height BGR images in a row, each under its title, white gaps between them."""
+    gap = np.full((panels[0].shape[0] + 22, 6, 3), 255, np.uint8)
+    titled = [_titled(p, t) for p, t in zip(panels, titles, strict=True)]
+    row = [titled[0]]
+    for panel in titled[1:]:
+        row += [gap, panel]
+    return np.hstack(row)
 
 
 def make_grid(images: Sequence[np.ndarray], columns: int = 4, cell: int = 256) -> np.ndarray:
