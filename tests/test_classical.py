@@ -65,6 +65,18 @@ def test_segment_writes_semantic_outputs_and_instances(tmp_path, sample_dataset,
     assert {c["name"] for c in results.loadCats(results.getCatIds())} == {"foreground"}
 
 
+def test_bad_classical_settings_are_config_errors():
+    from instseg.config import ConfigError
+
+    with pytest.raises(ConfigError, match="MODEL.CLASSICAL.METHOD 'sobel'"):
+        load_model_config(
+            [resolve_config_path("classical")], None, ["MODEL.CLASSICAL.METHOD", "sobel"]
+        )
+    opts = ["MODEL.CLASSICAL.METHOD", "kmeans", "MODEL.CLASSICAL.CLUSTERS", "1"]
+    with pytest.raises(ConfigError, match="2 to 8 clusters"):
+        load_model_config([resolve_config_path("classical")], None, opts)
+
+
 def test_classical_method_is_scored_by_semsegevaluator(sample_dataset, tmp_path):
     """Otsu over the val images, scored as foreground/background by instseg eval's evaluator,
     equals the IoU computed here from segment() and the masks."""

@@ -32,3 +32,11 @@ def test_unnamed_classes_get_the_labelling_that_suits_them():
     assert collapsed[3, 3] == 8 and collapsed[0, 0] == 8
     assert unnamed_scores(confusion)["miou"] == pytest.approx(100.0)
     assert unnamed_scores(confusion)["fg_iou"] == pytest.approx(100.0)
+
+
+def test_many_unnamed_classes_are_labelled_by_local_search():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 6, (40, 40))
+    pred = truth * 2 + (rng.random((40, 40)) > 0.5)  # twelve clusters, two per class
+    confusion = confusion_matrix([(truth, pred)], 6, 12)
+    assert unnamed_scores(confusion)["miou"] == pytest.approx(100.0)

@@ -44,20 +44,36 @@ def semantic_scores(confusion: np.ndarray) -> dict[str, float]:
     }
 
 
+# Labellings tried one by one up to this many; beyond, a local search from the overlap argmax.
+EXHAUSTIVE_LIMIT = 50_000
+
+
+def _collapse(confusion: np.ndarray, labels) -> np.ndarray:
+    collapsed = np.zeros((confusion.shape[0],) * 2, dtype=np.int64)
+    for predicted, label in enumerate(labels):
+        collapsed[:, label] += confusion[:, predicted]
+    return collapsed
+
+
 def best_labelling(confusion: np.ndarray) -> np.ndarray:
     """A (true x unnamed classes) matrix as (true x true) under the labelling of the unnamed
-    classes with true ones that gives the highest mIoU; every labelling is tried (a classical
-    method has a handful of classes)."""
+    classes with true ones that gives the highest mIoU: every labelling is tried for a handful
+    of classes (a classical method's), else one class at a time is relabelled while that helps."""
     num_true, num_predicted = confusion.shape
-    best, best_miou = None, -1.0
-    for labels in itertools.product(range(num_true), repeat=num_predicted):
-        collapsed = np.zeros((num_true, num_true), dtype=np.int64)
-        for predicted, label in enumerate(labels):
-            collapsed[:, label] += confusion[:, predicted]
-        miou = semantic_scores(collapsed)["miou"]
-        if miou > best_miou:
-            best, best_miou = collapsed, miou
-    return best
+    miou = lambda labels: semantic_scores(_collapse(confusion, labels))["miou"]  # noqa: E731
+    if num_true**num_predicted <= EXHAUSTIVE_LIMIT:
+        best = max(itertools.product(range(num_true), repeat=num_predicted), key=miou)
+        return _collapse(confusion, best)
+    labels = list(confusion.argmax(0))
+    improved = True
+    while improved:
+        improved = False
+        for predicted in range(num_predicted):
+            for label in range(num_true):
+                trial = labels[:predicted] + [label] + labels[predicted + 1 :]
+                if miou(trial) > miou(labels):
+                    labels, improved = trial, True
+    return _collapse(confusion, labels)
 
 
 def unnamed_scores(confusion: np.ndarray) -> dict[str, float]:

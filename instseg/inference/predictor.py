@@ -202,8 +202,13 @@ def load_model_config(
 
 def _set_classical_classes(cfg: CfgNode) -> None:
     """A classical method's classes follow from its settings (no checkpoint to name them)."""
-    from instseg.modeling.classical import classical_classes
+    from instseg.modeling.classical import METHODS, classical_classes
 
+    method, clusters = cfg.MODEL.CLASSICAL.METHOD, int(cfg.MODEL.CLASSICAL.CLUSTERS)
+    if method not in METHODS:
+        raise ConfigError(f"MODEL.CLASSICAL.METHOD {method!r}: choose one of {', '.join(METHODS)}")
+    if method == "kmeans" and not 2 <= clusters <= 8:
+        raise ConfigError(f"MODEL.CLASSICAL.CLUSTERS {clusters}: k-means takes 2 to 8 clusters")
     names = classical_classes(cfg)
     if cfg.MODEL.CLASSICAL.INSTANCES:
         cfg.INSTSEG.THING_CLASSES, cfg.MODEL.ROI_HEADS.NUM_CLASSES = names, len(names)
