@@ -176,19 +176,16 @@ def load_model_config(
     elif not cfg.MODEL.WEIGHTS:
         raise ConfigError("no weights: pass --weights FILE (a checkpoint from instseg train)")
     run_config = Path(cfg.MODEL.WEIGHTS).parent / "config.yaml"
-    if is_semantic(cfg) and not cfg.INSTSEG.SEMANTIC.CLASSES and run_config.is_file():
-        trained = load_config_yaml(run_config)
-        classes = (trained.get("INSTSEG") or {}).get("SEMANTIC", {}).get("CLASSES") or []
+    semantic = is_semantic(cfg)
+    named = cfg.INSTSEG.SEMANTIC.CLASSES if semantic else cfg.INSTSEG.THING_CLASSES
+    if not named and run_config.is_file():
+        trained = load_config_yaml(run_config).get("INSTSEG") or {}
+        if semantic:
+            classes = (trained.get("SEMANTIC") or {}).get("CLASSES") or []
+        else:
+            classes = trained.get("THING_CLASSES") or []
         if classes:
-            cfg.INSTSEG.SEMANTIC.CLASSES = list(classes)
-            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = len(classes)
-            logger.info("Class names from %s: %s", run_config, ", ".join(classes))
-    if not cfg.INSTSEG.THING_CLASSES and run_config.is_file():
-        trained = load_config_yaml(run_config)
-        classes = (trained.get("INSTSEG") or {}).get("THING_CLASSES") or []
-        if classes:
-            cfg.INSTSEG.THING_CLASSES = list(classes)
-            cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(classes)
+            _set_classes(cfg, list(classes), semantic)
             logger.info("Class names from %s: %s", run_config, ", ".join(classes))
     cfg.MODEL.WEIGHTS = resolve_weights(cfg.MODEL.WEIGHTS)
     precision = resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE)
@@ -209,11 +206,15 @@ def _set_classical_classes(cfg: CfgNode) -> None:
         raise ConfigError(f"MODEL.CLASSICAL.METHOD {method!r}: choose one of {', '.join(METHODS)}")
     if method == "kmeans" and not 2 <= clusters <= 8:
         raise ConfigError(f"MODEL.CLASSICAL.CLUSTERS {clusters}: k-means takes 2 to 8 clusters")
-    names = classical_classes(cfg)
-    if cfg.MODEL.CLASSICAL.INSTANCES:
-        cfg.INSTSEG.THING_CLASSES, cfg.MODEL.ROI_HEADS.NUM_CLASSES = names, len(names)
-    else:
+    _set_classes(cfg, classical_classes(cfg), semantic=not cfg.MODEL.CLASSICAL.INSTANCES)
+
+
+def _set_classes(cfg: CfgNode, names: list[str], semantic: bool) -> None:
+    """The model's class names and, to match, its class count."""
+    if semantic:
         cfg.INSTSEG.SEMANTIC.CLASSES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = names, len(names)
+    else:
+        cfg.INSTSEG.THING_CLASSES, cfg.MODEL.ROI_HEADS.NUM_CLASSES = names, len(names)
 
 
 def check_model_cfg(cfg: CfgNode) -> None:
