@@ -18,7 +18,7 @@ import torch
 from detectron2.structures import pairwise_iou
 
 from instseg.data.sample_data import write_sample_dataset
-from instseg.demo import QUICK_OPTS, _dataset_opts
+from instseg.demo import QUICK_OPTS
 from instseg.engine.evaluate import EvalRequest, run_evaluation
 from instseg.engine.trainer import TrainRequest, train
 from instseg.inference.predictor import BatchPredictor, load_model_config
@@ -61,14 +61,14 @@ def main() -> None:
     sample = write_sample_dataset(work / "sample", seed=0)
     run = Path(args.run) if args.run else work / "train"
     if not args.run:
-        opts = _dataset_opts(sample) + (QUICK_OPTS if args.quick else [])
+        opts = sample.config_opts("bench_precision") + (QUICK_OPTS if args.quick else [])
         train(TrainRequest([str(DEMO_CONFIG)], opts=opts, output_dir=str(run)))
     results = {}
     for precision in ("fp32", "bf16"):
         request = EvalRequest(
             config_files=[str(run / "config.yaml")],
             weights=str(run / "model_final.pth"),
-            opts=[*_dataset_opts(sample), "INSTSEG.PREDICT.PRECISION", precision],
+            opts=[*sample.config_opts("bench_precision"), "INSTSEG.PREDICT.PRECISION", precision],
             output_dir=str(work / f"eval_{precision}"),
         )
         results[precision], _ = run_evaluation(request)

@@ -22,7 +22,9 @@ def coco_results(
     """COCO results of CPU instances. ``category_ids[c]`` is the output id of contiguous class
     ``c``; without it, ids are the contiguous ids + 1 (COCO ids start at 1)."""
     masks = instances.pred_masks if instances.has("pred_masks") else None
-    if isinstance(masks, CroppedMasks):  # a tiled image: RLE from each crop
+    if isinstance(masks, CroppedMasks):
+        # A tiled image: RLE from each crop; densifying each mask to the full image for
+        # instances_to_coco_json would give the same RLE ~30x slower.
         fields = {k: v for k, v in instances.get_fields().items() if k != "pred_masks"}
         results = instances_to_coco_json(Instances(instances.image_size, **fields), image_id)
         for k, result in enumerate(results):

@@ -3,8 +3,8 @@
 Each window's instances come back at the window's size (Detectron2's postprocess pastes masks to
 it); :meth:`TileMerger.add` moves them to image coordinates and crops each mask to its own extent
 at once, so an image's pieces take memory in proportion to its objects, not to windows x image
-size; the merged masks stay cropped (:class:`~instseg.structures.cropped_masks.CroppedMasks`) through every
-output.
+size; the merged masks stay cropped (:class:`~instseg.structures.cropped_masks.CroppedMasks`)
+through every output.
 
 Two pieces of one class from different windows are one object when their masks agree where both
 windows see: within the windows' intersection, the masks' intersection is at least ``MATCH_IOS``
@@ -15,10 +15,10 @@ tiles see; a duplicate from the overlap or from the full-image pass agrees every
 are grouped transitively (an object over three tiles is one group), and a group becomes one
 instance whose every pixel is decided by the best piece whose window sees it: a piece its window
 sees whole before one cut by its window's border, then a tile's before the coarser full-image
-pass's, then the better score. So a small object's
-mask is the one of the tile that holds it whole, a large one's comes from the full-image pass,
-and an object no window holds whole is pieced together from its parts. Box NMS, SAHI's default (greedy NMM by box IoS),
-keeps both halves of an object cut across a border whenever neither half's box covers the other.
+pass's, then the better score. So a small object's mask is the one of the tile that holds it
+whole, a large one's comes from the full-image pass, and an object no window holds whole is
+pieced together from its parts. Box NMS, SAHI's default (greedy NMM by box IoS), keeps both
+halves of an object cut across a border whenever neither half's box covers the other.
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ class TileMerger:
         merged = [self._merge([self.pieces[i] for i in group]) for group in groups]
         merged.sort(key=lambda piece: -piece.score)
         out = Instances((self.height, self.width))
-        out.pred_boxes = Boxes(torch.tensor(np.array([p.box for p in merged]).reshape(-1, 4)))
-        out.pred_boxes.tensor = out.pred_boxes.tensor.float()
+        boxes = np.array([p.box for p in merged]).reshape(-1, 4)
+        out.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
         out.scores = torch.tensor([p.score for p in merged], dtype=torch.float32)
         out.pred_classes = torch.tensor([p.label for p in merged], dtype=torch.int64)
         if self.has_masks:
@@ -225,6 +225,10 @@ class TileMerger:
             max(p.extent[2] for p in group),
             max(p.extent[3] for p in group),
         )
+        if not self.has_masks:
+            return _Piece(
+                best.window, best.score, best.label, np.array(extent, float), extent, None
+            )
         height, width = extent[3] - extent[1], extent[2] - extent[0]
         mask = np.zeros((height, width), dtype=bool)
         decided = np.zeros((height, width), dtype=bool)
@@ -239,9 +243,6 @@ class TileMerger:
             todo = sees & ~decided
             mask[todo] = _region(piece, extent)[todo]
             decided |= sees
-        if not self.has_masks:
-            box = np.array(extent, dtype=np.float64)
-            return _Piece(best.window, best.score, best.label, box, extent, None)
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         if not rows.size:
             return best

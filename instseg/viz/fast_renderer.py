@@ -27,10 +27,10 @@ from instseg.viz.renderer import (
     Renderer,
     _as_bgr_uint8,
     _boxes_numpy,
-    _masks_numpy,
     _num_instances,
     _to_cpu,
     instance_labels,
+    instance_masks,
 )
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class FastRenderer(Renderer):
             self.last_colors = []
             return image
 
-        masks = _masks_numpy(instances, height, width)
+        masks = instance_masks(instances, height, width)
         boxes = _boxes_numpy(instances)
         rects = None
         if isinstance(masks, CroppedMasks):

@@ -50,7 +50,9 @@ def _tensors(instances: Instances):
         yield v.tensor if isinstance(v, Boxes | BitMasks) else v
 
 
-def _masks_numpy(instances: Instances, height: int, width: int) -> np.ndarray | None:
+def instance_masks(
+    instances: Instances, height: int, width: int
+) -> np.ndarray | CroppedMasks | None:
     """pred_masks as a C-contiguous NxHxW bool array (a tiled image's CroppedMasks as they
     are: they index the same way), or None when absent."""
     if not instances.has("pred_masks"):
@@ -88,7 +90,7 @@ def instance_labels(instances: Instances, metadata: Metadata) -> list[str] | Non
     return labels
 
 
-def _boxes_numpy(instances: Instances) -> np.ndarray | None:
+def _boxes_numpy(instances: Instances) -> np.ndarray | CroppedMasks | None:
     if not instances.has("pred_boxes"):
         return None
     boxes = instances.pred_boxes

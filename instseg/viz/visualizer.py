@@ -13,10 +13,10 @@ from instseg.viz.colors import _as_color, _PaletteVisualizer, image_colors, trac
 from instseg.viz.renderer import (
     Renderer,
     _as_bgr_uint8,
-    _masks_numpy,
     _num_instances,
     _to_cpu,
     instance_labels,
+    instance_masks,
 )
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class VisualizerRenderer(Renderer):
             # mask-only predictions still work.
             instances = Instances(instances.image_size, **instances.get_fields())
             instances.pred_boxes = BitMasks(
-                torch.from_numpy(_masks_numpy(instances, height, width))
+                torch.from_numpy(instance_masks(instances, height, width))
             ).get_bounding_boxes()
 
         rgb = image[:, :, ::-1]
