@@ -358,6 +358,21 @@ def test_folder_with_a_bad_file_goes_on(make_cfg, predictor, tmp_path, caplog):
     assert again[0].skipped and again[0].ok
 
 
+def test_redone_without_rendering_the_earlier_video_goes(make_cfg, predictor, tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", n=3)
+    out = tmp_path / "out"
+    first = predict_video(make_cfg(), clip, out, predictor=predictor, progress=False)
+    assert first.video == out / "clip.mp4" and first.video.exists()
+    cfg = make_cfg("INSTSEG.PREDICT.RENDER", "False")
+    # Without --overwrite the finished run is left alone, video included.
+    assert predict_video(cfg, clip, out, predictor=predictor, progress=False).skipped
+    assert first.video.exists()
+    again = predict_video(cfg, clip, out, overwrite=True, predictor=predictor, progress=False)
+    assert again.video is None and not (out / "clip.mp4").exists()
+    assert len(read_jsonl(again.predictions)) == 3
+    assert clip.exists()
+
+
 def test_output_never_replaces_the_input(make_cfg, predictor, tmp_path):
     clip = make_clip(tmp_path / "clip.mp4", n=2)
     before = clip.read_bytes()

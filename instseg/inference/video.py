@@ -343,10 +343,12 @@ def predict_video(
             if written is not None:
                 pairs.append((writer.temp_file, video_path))
             commit_together(pairs, commit_journal(output_dir, jsonl_path.name))
-            if track_log is None and overwrite:
-                # An earlier tracked run's files would contradict the new predictions.
-                csv_path.unlink(missing_ok=True)
-                summary_path.unlink(missing_ok=True)
+            if overwrite:
+                # An earlier run's files that this one did not write would contradict the new
+                # predictions: its tracks (now untracked), its annotated video (now unrendered).
+                stale = [csv_path, summary_path] if track_log is None else []
+                for old in stale + ([video_path] if written is None else []):
+                    old.unlink(missing_ok=True)
         result.first_bad_frame = source.first_bad_frame
 
     result.seconds = time.perf_counter() - started
