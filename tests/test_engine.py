@@ -1,6 +1,7 @@
 """The Python API: results for images and video frames, equal to the batched predictor's, with
 nothing written; the README's example runs as printed."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -97,3 +98,28 @@ def test_pictures_show_only_instances_above_the_draw_score(trained_run, inputs):
     assert len(nothing.instances) == len(everything.instances) > 0
     assert np.array_equal(nothing.drawn, image)
     assert not np.array_equal(everything.drawn, image)
+
+
+def test_video_frames_carry_the_track_ids_of_the_cli(trained_run, inputs, tmp_path):
+    """A video's frames get the ids `instseg predict` writes to its JSONL, counted from 1 again
+    for each video; with tracking off, no ids."""
+    from instseg.inference.video import predict_video
+
+    clip = inputs[1]
+    run = trained_run / "config.yaml", trained_run / "model_final.pth"
+    opts = ["INSTSEG.TRACK.MIN_SCORE", "0.0"]
+    predictor = Predictor(*run, device="cpu", score_threshold=0.0, max_detections=4, opts=opts)
+    results = list(predictor.predict([str(clip), str(clip)]))
+    ids = [r.instances.track_id.tolist() for r in results]
+    assert len(ids) == 6 and ids[:3] == ids[3:]  # the second video starts again
+    assert sorted(ids[0]) == list(range(1, len(ids[0]) + 1)) and len(ids[0]) > 0
+
+    written = predict_video(
+        predictor.cfg, clip, tmp_path, predictor=predictor.model, progress=False
+    )
+    lines = [json.loads(line) for line in written.predictions.read_text().splitlines()]
+    assert [[r["track_id"] for r in line["results"]] for line in lines] == ids[:3]
+    assert [r["track_id"] for r in results[0].to_coco()] == ids[0]
+
+    untracked = Predictor(*run, device="cpu", opts=["INSTSEG.TRACK.METHOD", "none"])
+    assert not any(r.instances.has("track_id") for r in untracked.predict(str(clip)))

@@ -4,7 +4,9 @@ Detectron2 ``Instances`` (and optionally the drawn picture) for any SOURCE the C
 
 It runs :class:`~instseg.inference.pipeline.Pipeline`, the same stages as ``instseg predict``:
 decoding in a worker thread, the model in the caller's thread, ``INSTSEG.PREDICT.BATCH_SIZE``
-frames per forward pass across image and video boundaries alike.
+frames per forward pass across image and video boundaries alike. A video's frames carry track
+ids (``instances.track_id``, as the CLI's JSONL has them) unless ``INSTSEG.TRACK.METHOD`` is
+``none``; each video starts its own ids from 1.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from instseg.inference.predictor import (
 )
 from instseg.inference.records import coco_results, semantic_results
 from instseg.inference.sources import resolve_source
+from instseg.inference.tracking import TrackOptions, build_tracker
 from instseg.inference.video_options import VideoOptions
 from instseg.viz.render import build_renderer
 from instseg.viz.semantic_renderer import SemanticRenderer
@@ -122,6 +125,7 @@ class Predictor:
         self.metadata = build_metadata(cfg)
         self.keep_classes = class_filter(cfg)
         self.video_options = VideoOptions.from_cfg(cfg)
+        self.track_options = TrackOptions.from_cfg(cfg)
         self.max_pixels = int(cfg.INSTSEG.MAX_IMAGE_PIXELS)
         self.model = BatchPredictor(cfg)
         self.pipeline = Pipeline(
@@ -143,11 +147,19 @@ class Predictor:
         ``source`` is anything ``instseg predict`` takes (an image, a video, a folder, a glob, a
         list file), a BGR array, or a list of those.
         """
+        tracker, last = None, None  # the tracker of the video under way, its last frame
         for frame in self.pipeline.frames(self._frames(source)):
             instances = frame.instances
             if instances is None:
                 height, width = frame.image.shape[:2] if frame.image is not None else (0, 0)
                 instances = _no_instances(height, width)
+            elif frame.time is not None and frame.sem_seg is None:
+                if last is None or last[0] != frame.path or last[1] >= frame.index:
+                    height, width = instances.image_size  # a new video: ids from 1
+                    tracker = build_tracker(self.track_options, width, height)
+                last = (frame.path, frame.index)
+                if tracker is not None:
+                    instances.track_id = tracker.update(instances)
             drawn = None
             if self.renderer is not None and frame.sem_seg is not None:
                 drawn = self.renderer.overlay(frame.image, frame.sem_seg)
