@@ -227,17 +227,19 @@ def average_precision(gt_path: Path, results: list[dict]) -> dict[str, float]:
 
 
 def cut_objects_once(gt_path: Path, results: list[dict], min_score: float = 0.5) -> tuple:
-    """Of the objects centred on a tile border that some confident instance finds (mask IoU >=
-    0.5), how many are covered by exactly one confident instance (mask IoU > 0.3)."""
+    """The objects centred on a tile border: how many there are, how many some confident
+    instance finds (mask IoU >= 0.5), how many of those are covered by exactly one confident
+    instance (mask IoU > 0.3), and how many come out as one instance with mask IoU >= 0.8."""
     import numpy as np
     import pycocotools.mask as mask_util
 
     truth = json.loads(gt_path.read_text())
     sizes = {i["id"]: (i["height"], i["width"]) for i in truth["images"]}
-    found = once = 0
+    total = found = once = exact = 0
     for annotation in truth["annotations"]:
         if not annotation.get("straddling"):
             continue
+        total += 1
         height, width = sizes[annotation["image_id"]]
         rle = mask_util.merge(mask_util.frPyObjects(annotation["segmentation"], height, width))
         x, y, w, h = annotation["bbox"]
@@ -254,7 +256,8 @@ def cut_objects_once(gt_path: Path, results: list[dict], min_score: float = 0.5)
         if ious.max() >= 0.5:
             found += 1
             once += int((ious > 0.3).sum() == 1)
-    return found, once
+            exact += int((ious > 0.3).sum() == 1 and ious.max() >= 0.8)
+    return total, found, once, exact
 
 
 def main() -> None:
@@ -296,11 +299,12 @@ def main() -> None:
         row = measure(args, work, method)
         results = json.loads(Path(row["results"]).read_text())
         ap = average_precision(gt_path, results)
-        found, once = cut_objects_once(gt_path, results)
+        total, found, once, exact = cut_objects_once(gt_path, results)
         print(
             f"{method:<8} mask AP {ap['segm']:5.1f}  box AP {ap['bbox']:5.1f}  "
             f"{row['images_per_s']:.4f} images/s  peak RSS {row['peak_rss_mb']:.0f} MB  "
-            f"({len(results)} instances; border objects found {found}, as one instance {once})"
+            f"({len(results)} instances; of {total} border objects found {found}, as one "
+            f"instance {once}, one with mask IoU >= 0.8 {exact})"
         )
         figures[method] = {
             "mask_ap": round(ap["segm"], 2),
@@ -309,7 +313,9 @@ def main() -> None:
             "peak_rss_mb": round(row["peak_rss_mb"], 1),
             "instances": len(results),
             "border_objects_found": found,
+            "border_objects": total,
             "border_objects_as_one": once,
+            "border_objects_as_one_iou_08": exact,
         }
     if "sahi" in figures and "tiled" in figures:
         figures["tiled_over_sahi_speed"] = round(

@@ -13,6 +13,11 @@ os.environ["MPLBACKEND"] = "Agg"
 # machine whose cores are shared with other jobs, spinning threads wait on descheduled peers and
 # make every small convolution many times slower; the number of threads stays torch's default.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Under pytest-xdist (`-n N`), each worker, and every process it starts, gets its share of the
+# cores: N torch processes each using all of them would only wait on each other.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = REPO_ROOT / "configs"
@@ -159,23 +164,45 @@ def random_init_run(tmp_path_factory, tiny_opts, sample_dataset):
     return run_dir
 
 
+def pytest_collection_modifyitems(config, items):
+    """The demo's own tests first and the other tests of its run last: the worker that starts
+    with them builds the run while the others work through the rest, instead of waiting."""
+
+    def rank(item) -> int:
+        if "demo_run" not in getattr(item, "fixturenames", ()):
+            return 1
+        return 0 if item.path.name == "test_demo.py" else 2
+
+    items.sort(key=rank)  # stable: the order within each rank is the collection's
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """(output folder, stdout) of one `instseg demo --quick` run, as a newcomer runs it; its
     model (train/model_final.pth, 250 iterations on the sample data) serves the tests that need
-    one that has learned something."""
+    one that has learned something. It takes minutes, so under xdist the first worker to need
+    it runs it and the others wait for it (a lock in the folder the workers share)."""
+    import fcntl
     import subprocess
     import sys
 
-    out = tmp_path_factory.mktemp("demo")
-    proc = subprocess.run(
-        [sys.executable, "-m", "instseg.cli", "demo", "--quick", "--output", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc.stdout
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    out, printed = root / "demo", root / "demo.stdout"
+    with open(root / "demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not printed.exists():
+            out.mkdir(exist_ok=True)
+            proc = subprocess.run(
+                [sys.executable, "-m", "instseg.cli", "demo", "--quick", "--output", str(out)],
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            printed.write_text(proc.stdout)
+    return out, printed.read_text()
 
 
 def kill_at_random_moments(command: list[str], env: dict, duration: float, seed: int) -> int:
