@@ -69,16 +69,17 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_precision_"))
     sample = write_sample_dataset(work / "sample", seed=0)
+    data_opts = sample.config_opts("bench_precision")
     run = Path(args.run) if args.run else work / "train"
     if not args.run:
-        opts = sample.config_opts("bench_precision") + (QUICK_OPTS if args.quick else [])
-        train(TrainRequest([args.config], opts=opts + args.opts, output_dir=str(run)))
+        opts = data_opts + (QUICK_OPTS if args.quick else []) + args.opts
+        train(TrainRequest([args.config], opts=opts, output_dir=str(run)))
     results = {}
     for precision in ("fp32", "bf16"):
         request = EvalRequest(
             config_files=[str(run / "config.yaml")],
             weights=str(run / "model_final.pth"),
-            opts=[*sample.config_opts("bench_precision"), "INSTSEG.PREDICT.PRECISION", precision],
+            opts=[*data_opts, "INSTSEG.PREDICT.PRECISION", precision],
             output_dir=str(work / f"eval_{precision}"),
         )
         results[precision], _ = run_evaluation(request)

@@ -90,7 +90,7 @@ def instance_labels(instances: Instances, metadata: Metadata) -> list[str] | Non
     return labels
 
 
-def _boxes_numpy(instances: Instances) -> np.ndarray | CroppedMasks | None:
+def _boxes_numpy(instances: Instances) -> np.ndarray | None:
     if not instances.has("pred_boxes"):
         return None
     boxes = instances.pred_boxes
