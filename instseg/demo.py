@@ -89,7 +89,7 @@ def _precision_opts() -> list[str]:
 
 def run_demo(output_dir: str | os.PathLike, quick: bool = False, weights: str | None = None):
     """Run every stage into ``output_dir``; returns a :class:`DemoSummary`."""
-    from instseg.inference.predict import PredictOptions, load_predict_cfg, predict_images
+    from instseg.inference.predict import PredictOptions, load_predict_cfg, predict
     from instseg.inference.video import predict_video
 
     out = Path(output_dir)
@@ -142,7 +142,7 @@ def run_demo(output_dir: str | os.PathLike, quick: bool = False, weights: str | 
             coco_json=str(sample.val_json),
             progress=False,
         )
-        prediction = predict_images(load_predict_cfg(options), sample.val_images, options)
+        prediction = predict(load_predict_cfg(options), sample.val_images, options)
 
     with _timed(summary, "video"):
         clip = write_test_clip(
@@ -167,7 +167,7 @@ def run_demo(output_dir: str | os.PathLike, quick: bool = False, weights: str | 
 def _semantic_demo(out: Path, sample, quick: bool, summary: DemoSummary) -> ReportSection:
     """Train the small U-Net, predict the val images with it and with a classical method, and
     score both on the same masks (instseg.engine.semantic_metrics)."""
-    from instseg.inference.predict import PredictOptions, load_predict_cfg, predict_images
+    from instseg.inference.predict import PredictOptions, load_predict_cfg, predict
 
     iters = SEMANTIC_QUICK_ITERS if quick else SEMANTIC_ITERS
     run_dir = out / "semantic" / "train"
@@ -188,7 +188,7 @@ def _semantic_demo(out: Path, sample, quick: bool, summary: DemoSummary) -> Repo
         options = PredictOptions(
             str(folders[method]), configs, weights, extra, existing="overwrite", progress=False
         )
-        predict_images(load_predict_cfg(options), sample.val_images, options)
+        predict(load_predict_cfg(options), sample.val_images, options)
     summary.semantic = _score_semantic(folders, run_dir)
     rows = [
         f"| {method} | {s['miou']:.1f} | {s['fg_iou']:.1f} | {s['pixel_acc']:.1f} |"

@@ -239,7 +239,8 @@ _PREDICT_FLAG_KEYS = (
 
 
 def build_predict_options(args: argparse.Namespace):
-    """The parsed ``instseg predict`` command line as :class:`instseg.predict.PredictOptions`:
+    """The parsed ``instseg predict`` command line as
+    :class:`instseg.inference.job.PredictOptions`:
     flags become config overrides placed after the ``KEY VALUE`` pairs, so flags win."""
     from instseg.config import ConfigError
     from instseg.inference.predict import PredictOptions
@@ -276,45 +277,15 @@ def build_predict_options(args: argparse.Namespace):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from instseg.inference.predict import load_predict_cfg, predict_images
+    from instseg.inference.predict import load_predict_cfg, predict
     from instseg.inference.sources import resolve_sources
 
     options = build_predict_options(args)
     specs = getattr(args, "sources", None) or [args.source]
     source = resolve_sources(specs, exclude=options.output_dir)
     cfg = load_predict_cfg(options)
-    if source.kind == "videos":
-        # Same output-folder rules, lock and config.yaml as for images.
-        from instseg.inference.output_dir import check_output_dir
-        from instseg.inference.videos import predict_videos
-
-        if options.machine_rank == 0:
-            check_output_dir(options.output_dir, options.existing)
-        results = predict_videos(
-            cfg,
-            [f.path for f in source.files],
-            options.output_dir,
-            overwrite=options.overwrite,
-            rels=[f.rel for f in source.files],
-            progress=options.progress,
-            num_workers=options.num_workers,
-            num_machines=options.num_machines,
-            machine_rank=options.machine_rank,
-            dist_url=options.dist_url,
-        )
-        if results is None:
-            print(f"machine {options.machine_rank}: done; machine 0 reports the results")
-            return 0
-        failed = [r for r in results if not r.ok]
-        skipped = sum(r.skipped for r in results)
-        ok = len(results) - len(failed) - skipped
-        for r in results:
-            if r.ok and r.tracks is not None:
-                print(f"{r.tracks}: {r.objects_text}")
-        print(f"{len(results)} video(s): {ok} ok, {skipped} skipped, {len(failed)} failed")
-        return 1 if failed else 0
     try:
-        result = predict_images(cfg, source, options)
+        result = predict(cfg, source, options)
     except KeyboardInterrupt:
         print(
             f"interrupted: finished inputs are kept in {options.output_dir}; run the same "
@@ -325,7 +296,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if result is None:
         print(f"machine {options.machine_rank}: done; machine 0 writes the results")
         return 0
-    print(result.timing_line())
+    for tracks, objects in result.tracked.items():
+        print(f"{os.path.join(options.output_dir, tracks)}: {objects}")
+    if result.total > result.videos:
+        print(result.timing_line())
     print(result.summary_line())
     return result.exit_status
 
@@ -385,10 +359,11 @@ def add_predict_command(commands) -> None:
     """The ``instseg predict`` sub-command, on ``commands`` (argparse sub-parsers)."""
     predict = commands.add_parser(
         "predict",
-        help="predict image files, a folder, a glob or a list of paths (or videos)",
-        description="Predict every image of SOURCE (an image, a folder searched recursively, a "
-        "glob, a .txt list of paths, or videos) and write annotated images, predictions.json "
-        "(COCO results), images.json and manifest.csv under --output.",
+        help="predict images and videos: files, a folder, a glob or a list of paths",
+        description="Predict every image and video of SOURCE (a file, a folder searched "
+        "recursively, a glob or a .txt list of paths; images and videos may mix) and write "
+        "annotated images and videos, predictions.json (COCO results of the images), one "
+        "NAME.predictions.jsonl per video, images.json and manifest.csv under --output.",
     )
     predict.add_argument(
         "source",

@@ -79,7 +79,7 @@ def scenes(work: Path, count: int, size: tuple[int, int], tile: int, overlap: fl
 
 
 def run_instseg(args, work: Path, tiled: bool) -> list[dict]:
-    from instseg.inference.predict import PredictOptions, load_predict_cfg, predict_images
+    from instseg.inference.predict import PredictOptions, load_predict_cfg, predict
 
     out = work / ("tiled" if tiled else "untiled")
     opts = ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(args.score)]
@@ -96,7 +96,7 @@ def run_instseg(args, work: Path, tiled: bool) -> list[dict]:
         coco_json=str(work / "large.json"),
         progress=False,
     )
-    result = predict_images(load_predict_cfg(options), str(work / "images"), options)
+    result = predict(load_predict_cfg(options), str(work / "images"), options)
     if result.errors:
         raise RuntimeError(f"instseg predict failed on {result.errors} image(s)")
     return json.loads((out / "predictions.json").read_text())

@@ -206,15 +206,16 @@ def demo_run(tmp_path_factory):
 
 
 def kill_at_random_moments(command: list[str], env: dict, duration: float, seed: int) -> int:
-    """Start ``command`` 10 times, each killed with SIGKILL at a random moment between a fifth
-    of ``duration`` and all of it (if still running); returns how many were killed."""
+    """Start ``command`` 10 times, each killed with SIGKILL at a random moment between a quarter
+    and three quarters of ``duration`` (if still running); returns how many were killed. A
+    resumed run has less left to do, so moments near ``duration`` would mostly come too late."""
     import signal
     import subprocess
 
     import numpy as np
 
     kills = 0
-    for moment in np.random.default_rng(seed).uniform(0.2, 1.0, size=10) * duration:
+    for moment in np.random.default_rng(seed).uniform(0.25, 0.75, size=10) * duration:
         proc = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
         )

@@ -206,15 +206,16 @@ CASES = {
     ),
     "predict-empty-glob": (
         lambda w: w.predict(str(w.root / "images" / "*.png")),
-        "{t}/images/*.png: the pattern matches no image files",
+        "{t}/images/*.png: the pattern matches no image or video files",
     ),
     "predict-empty-list": (
         lambda w: w.predict(w.write("inputs.txt", "# nothing\n")),
         "{t}/inputs.txt: the list names no files",
     ),
-    "predict-images-and-videos": (
-        lambda w: w.predict(str(w.root / "images"), str(w.root / "videos" / "clip.mp4")),
-        "{t}/images, {t}/videos/clip.mp4: images and videos mixed; predict them in two runs",
+    "predict-folder-without-inputs": (
+        lambda w: w.predict(str(Path(w.write("notes/readme.txt", "no pictures here")).parent)),
+        "{t}/notes: no image or video files found (looked for .jpg, .jpeg, .png, .bmp, .tif, "
+        ".tiff, .webp, .mp4, .mkv, .avi, ...)",
     ),
     "predict-arg-both-file-and-key": (
         lambda w: (
@@ -239,7 +240,7 @@ CASES = {
     ),
     "predict-bad-renderer": (
         lambda w: w.predict(str(w.root / "images"), "INSTSEG.PREDICT.RENDERER", "pretty"),
-        "INSTSEG.PREDICT.RENDERER: Unknown renderer 'pretty'; choose one of: fast, visualizer",
+        "INSTSEG.PREDICT.RENDERER must be auto or one of fast, visualizer, got 'pretty'",
     ),
     "predict-batch-size-zero": (
         lambda w: w.predict(str(w.root / "images"), "--batch-size", "0"),

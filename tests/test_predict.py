@@ -26,12 +26,14 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from instseg.config import PROJECT_CONFIG_DIR, ConfigError
+from instseg.data.sample_video import iter_sample_video_frames
 from instseg.inference.predict import (
     PARTS_DIR_NAME,
     PredictOptions,
     load_predict_cfg,
-    predict_images,
+    predict,
 )
+from instseg.io.clips import write_test_clip
 
 DEMO_CONFIG = str(PROJECT_CONFIG_DIR / "demo_R18_FPN_cpu.yaml")
 # At most this many instances per image, which keeps drawing cheap.
@@ -63,7 +65,7 @@ def _options(run_dir, output_dir, opts=(), **kwargs) -> PredictOptions:
 
 def _run(run_dir, source, output_dir, opts=(), **kwargs):
     options = _options(run_dir, output_dir, opts, **kwargs)
-    return predict_images(load_predict_cfg(options), str(source), options)
+    return predict(load_predict_cfg(options), str(source), options)
 
 
 def _manifest(output_dir) -> list[dict]:
@@ -570,19 +572,76 @@ RESERVED = {"predictions.json", "images.json", "manifest.csv", "config.yaml"}
 
 
 def _normalized_manifest(folder) -> list[tuple]:
-    # An input finished before a kill is "skipped" by the run that completes the job.
+    # An input finished before a kill is "skipped" by the run that completes the job; timing
+    # columns aside, every other column is the same.
     return [
-        (r["path"], "ok" if r["status"] == "skipped" else r["status"], r["instances"], r["error"])
+        ("ok" if r["status"] == "skipped" else r["status"],)
+        + tuple(v for k, v in r.items() if k not in ("status", "time_ms"))
         for r in _manifest(folder)
     ]
+
+
+def _clip(path: Path, frames: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_test_clip(path, iter_sample_video_frames(frames, size=(96, 128), seed=2), 10).path
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_mixed_folder_is_one_job(tmp_path, random_init_run, sample_dataset, workers):
+    """Images and videos in one folder: one run, one manifest with a row per input in input
+    order, the images' results in predictions.json, each video's in its JSONL."""
+    layout = [("00000.jpg", "a.jpg"), ("00001.jpg", "c/b.jpg"), ("00002.jpg", "d.jpg")]
+    folder = _copy_tree(sample_dataset, tmp_path / "in", layout)
+    _clip(folder / "b.mp4", 3)
+    _clip(folder / "c/a.mp4", 2)
+    (folder / "e.mp4").write_bytes(b"not a video")
+    output = tmp_path / "out"
+    result = _run(random_init_run, folder, output, num_workers=workers)
+    rows = _manifest(output)
+    assert [(r["path"], r["kind"], r["status"], r["frames"]) for r in rows] == [
+        ("a.jpg", "image", "ok", ""),
+        ("b.mp4", "video", "ok", "3"),
+        ("c/a.mp4", "video", "ok", "2"),
+        ("c/b.jpg", "image", "ok", ""),
+        ("d.jpg", "image", "ok", ""),
+        ("e.mp4", "video", "error", ""),
+    ]
+    assert rows[-1]["error"].startswith(str(folder / "e.mp4"))
+    assert (result.total, result.videos, result.ok, result.errors, result.frames) == (6, 3, 5, 1, 5)
+    images = _load(output, "images.json")["images"]
+    assert [i["file_name"] for i in images] == ["a.jpg", "c/b.jpg", "d.jpg"]
+    predictions = _load(output, "predictions.json")
+    assert {p["image_id"] for p in predictions} == {i["id"] for i in images}
+    for row in rows:
+        if row["kind"] == "image" and row["status"] == "ok":
+            image_id = next(i["id"] for i in images if i["file_name"] == row["path"])
+            assert int(row["instances"]) == sum(p["image_id"] == image_id for p in predictions)
+    for rel, frames in (("b", 3), ("c/a", 2)):
+        records = _jsonl(output / f"{rel}.predictions.jsonl")
+        assert len(records) == frames
+        row = next(r for r in rows if r["path"] == f"{rel}.mp4")
+        assert int(row["instances"]) == sum(len(r["results"]) for r in records)
+        assert int(row["tracks"]) == len(
+            json.loads((output / f"{rel}.tracks.json").read_text())["tracks"]
+        )
+        assert (output / f"{rel}.mp4").is_file()
+    assert not (output / PARTS_DIR_NAME).exists()
 
 
 def test_sigkill_at_random_moments_then_skip_existing_ends_like_one_run(
     tmp_path, random_init_run, sample_dataset
 ):
+    """A mixed folder (images and a video) killed at 10 random moments, re-run with
+    --skip-existing after each kill, ends with one uninterrupted run's outputs, record for
+    record, and no temporary file."""
     available = sorted(p.name for p in sample_dataset.val_images.glob("*.jpg"))
-    layout = [(available[i % len(available)], f"d{i % 3}/{i:05d}.jpg") for i in range(30)]
+    layout = [(available[i % len(available)], f"d{i % 3}/{i:05d}.jpg") for i in range(16)]
     images = _copy_tree(sample_dataset, tmp_path / "images", layout)
+    _clip(images / "d1" / "clip.mp4", 12)
     instseg = Path(sys.executable).with_name("instseg")
 
     def command(output):
@@ -609,6 +668,9 @@ def test_sigkill_at_random_moments_then_skip_existing_ends_like_one_run(
     assert _load(output, "predictions.json") == _load(reference, "predictions.json")
     assert _load(output, "images.json") == _load(reference, "images.json")
     assert _normalized_manifest(output) == _normalized_manifest(reference)
+    assert (output / "config.yaml").read_text() == (reference / "config.yaml").read_text()
+    for name in ("clip.predictions.jsonl", "clip.tracks.csv", "clip.tracks.json"):
+        assert (output / "d1" / name).read_bytes() == (reference / "d1" / name).read_bytes()
     for _, rel in layout:
         assert (output / rel).is_file() and (output / rel).with_suffix(".masks.png").is_file()
     leftovers = [p for p in output.rglob("*") if ".instseg-tmp-" in p.name or "commit" in p.name]

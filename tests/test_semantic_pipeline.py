@@ -20,7 +20,7 @@ from instseg.engine.checkpoints import FinetuneCheckpointer
 from instseg.engine.evaluate import EvalRequest, format_results, run_evaluation
 from instseg.engine.trainer import Trainer, TrainRequest, train
 from instseg.inference.job import PredictOptions
-from instseg.inference.predict import predict_images
+from instseg.inference.predict import predict
 from instseg.inference.predictor import load_model_config
 from instseg.inference.video import predict_video
 from instseg.io.clips import write_test_clip
@@ -99,9 +99,7 @@ def test_predict_folder_writes_class_ids_overlay_and_panels(semantic_run, sample
     cfg = load_model_config([str(UNET_CONFIG)], str(run_dir / "model_final.pth"))
     assert list(cfg.INSTSEG.SEMANTIC.CLASSES) == CLASSES  # from the run's config.yaml
     out = tmp_path / "out"
-    result = predict_images(
-        cfg, str(sample_dataset.val_images), PredictOptions(str(out), progress=False)
-    )
+    result = predict(cfg, str(sample_dataset.val_images), PredictOptions(str(out), progress=False))
     assert result.errors == 0 and result.ok == len(list(sample_dataset.val_images.glob("*.jpg")))
     for image_path in sorted(sample_dataset.val_images.glob("*.jpg"))[:3]:
         image = cv2.imread(str(image_path))

@@ -31,7 +31,7 @@ def test_folder_is_recursive_sorted_and_skips_hidden_and_output(tmp_path):
         _jpeg(root / rel) if not rel.endswith("PNG") else _touch(root / rel, b"x")
     _touch(root / "notes.txt", b"not an input")
     source = resolve_source(root, exclude=root / "out")
-    assert source.kind == "images" and source.root == root
+    assert source.root == root
     assert [f.rel for f in source.files] == ["a/c.jpeg", "a/z.PNG", "b.jpg"]
     assert source.files[0].path == root / "a" / "c.jpeg"
 
@@ -46,11 +46,11 @@ def test_single_file_glob_and_missing(tmp_path):
     source = resolve_source(f"{tmp_path}/d/**/*.jpg")
     assert source.root == tmp_path / "d"
     assert [f.rel for f in source.files] == ["e/two.jpg", "one.jpg"]
-    with pytest.raises(SourceError, match="matches no image"):
+    with pytest.raises(SourceError, match="matches no image or video"):
         resolve_source(f"{tmp_path}/d/*.gif")
     with pytest.raises(SourceError, match="no such file"):
         resolve_source(tmp_path / "nothing")
-    with pytest.raises(SourceError, match="no image files"):
+    with pytest.raises(SourceError, match="no image or video files"):
         resolve_source(_touch(tmp_path / "empty" / "readme.md").parent)
 
 
@@ -72,15 +72,24 @@ def test_list_file_paths_are_relative_to_the_list(tmp_path):
     assert [f.rel for f in source.files] == ["img/b.jpg", "a.jpg"]
 
 
-def test_videos(tmp_path):
+def test_videos_and_images_mix(tmp_path):
     _touch(tmp_path / "v" / "b.MP4", b"x")
     _touch(tmp_path / "v" / "a.mkv", b"x")
     source = resolve_source(tmp_path / "v")
-    assert source.kind == "videos" and [f.rel for f in source.files] == ["a.mkv", "b.MP4"]
-    assert resolve_source(tmp_path / "v" / "a.mkv").kind == "videos"
-    _jpeg(tmp_path / "v" / "still.jpg")  # a mixed folder: images only, videos ignored
+    assert [(f.rel, f.kind) for f in source.files] == [("a.mkv", "video"), ("b.MP4", "video")]
+    assert [f.kind for f in resolve_source(tmp_path / "v" / "a.mkv").files] == ["video"]
+    _jpeg(tmp_path / "v" / "still.jpg")  # a mixed folder: one job for all of them
     source = resolve_source(tmp_path / "v")
-    assert source.kind == "images" and [f.rel for f in source.files] == ["still.jpg"]
+    assert [(f.rel, f.kind) for f in source.files] == [
+        ("a.mkv", "video"),
+        ("b.MP4", "video"),
+        ("still.jpg", "image"),
+    ]
+    assert [f.kind for f in resolve_source(str(tmp_path / "v" / "*")).files] == [
+        "video",
+        "video",
+        "image",
+    ]
 
 
 def test_read_image_odd_but_valid(tmp_path):
@@ -133,17 +142,17 @@ def test_several_sources_become_one(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
     source = resolve_sources([str(tmp_path / "b"), str(tmp_path / "a" / "x.jpg")])
-    assert source.kind == "images" and source.root == tmp_path
+    assert source.root == tmp_path
     assert [f.rel for f in source.files] == ["b/x.jpg", "b/y.png", "a/x.jpg"]
     again = resolve_sources([str(tmp_path / "a" / "x.jpg"), str(tmp_path / "a" / "x.jpg")])
     assert [f.rel for f in again.files] == ["x.jpg"]
 
 
-def test_images_and_videos_do_not_mix(tmp_path):
+def test_images_and_videos_given_together_are_one_source(tmp_path):
     (tmp_path / "x.jpg").write_bytes(b"")
     (tmp_path / "v.mp4").write_bytes(b"")
-    with pytest.raises(SourceError, match="images and videos mixed"):
-        resolve_sources([str(tmp_path / "x.jpg"), str(tmp_path / "v.mp4")])
+    source = resolve_sources([str(tmp_path / "x.jpg"), str(tmp_path / "v.mp4")])
+    assert [(f.rel, f.kind) for f in source.files] == [("x.jpg", "image"), ("v.mp4", "video")]
 
 
 def test_arguments_before_the_first_key_are_sources(tmp_path, monkeypatch):

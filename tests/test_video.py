@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import threading
@@ -12,15 +13,16 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from conftest import kill_at_random_moments
 from detectron2.engine import DefaultPredictor
 
 from instseg.config import ConfigError
 from instseg.data.sample_video import iter_sample_video_frames
+from instseg.inference.job import PredictOptions
+from instseg.inference.output_dir import OutputLock
+from instseg.inference.predict import predict
 from instseg.inference.predictor import BatchPredictor, load_model_config
 from instseg.inference.sources import is_video_path
 from instseg.inference.video import VideoResult, predict_video
-from instseg.inference.videos import predict_videos
 from instseg.io.clips import write_test_clip
 from instseg.io.media import VideoReadError
 from instseg.io.video_reader import open_video
@@ -71,6 +73,17 @@ def make_cfg(model_files):
 def make_clip(path: Path, n=NUM_FRAMES, width=160, height=120, audio=False, codec="auto"):
     frames = iter_sample_video_frames(n, size=(height, width), seed=1)
     return write_test_clip(path, frames, fps=FPS, audio=audio, codec=codec).path
+
+
+def predict_job(cfg, source, out, predictor=None, **options):
+    """The predict job over ``source`` (a path or a list of them) into ``out``."""
+    options = PredictOptions(output_dir=str(out), progress=False, **options)
+    return predict(cfg, source, options, predictor=predictor)
+
+
+def manifest(out: Path) -> list[dict]:
+    with open(out / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -339,23 +352,63 @@ def test_folder_with_a_bad_file_goes_on(make_cfg, predictor, tmp_path, caplog):
     (videos / "b.mp4").write_text("not a video")
     make_clip(videos / "c.mkv", n=3)
     make_clip(videos / "c.mp4", n=2)  # same stem as c.mkv: both keep their whole names
-    paths = sorted(p for p in videos.iterdir() if is_video_path(p))
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO, logger="instseg"):
-        results = predict_videos(make_cfg(), paths, out, predictor=predictor, progress=False)
-    assert [r.source for r in results] == paths
-    assert [r.ok for r in results] == [True, False, True, True]
-    assert [r.frames for r in results] == [4, 0, 3, 2]
-    assert results[1].error.startswith(str(videos / "b.mp4"))
+        result = predict_job(make_cfg(), videos, out, predictor=predictor)
+    assert (result.total, result.videos, result.ok, result.errors) == (4, 4, 3, 1)
+    rows = manifest(out)
+    assert [(r["path"], r["kind"], r["status"], r["frames"]) for r in rows] == [
+        ("a.mp4", "video", "ok", "4"),
+        ("b.mp4", "video", "error", ""),
+        ("c.mkv", "video", "ok", "3"),
+        ("c.mp4", "video", "ok", "2"),
+    ]
+    assert rows[1]["error"].startswith(str(videos / "b.mp4"))
+    instances = [len(r["results"]) for r in read_jsonl(out / "a.predictions.jsonl")]
+    assert int(rows[0]["instances"]) == sum(instances)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and str(videos / "b.mp4") in errors[0].getMessage()
-    assert "3 annotated, 0 skipped, 1 failed" in caplog.text
-    assert "per frame: decode" in caplog.text  # the stage timing summary
+    assert "4 input(s) (0 image(s), 4 video(s)): 3 ok, 1 failed" in caplog.text
+    assert "per frame: decode" in caplog.text  # each video's stage timing
     assert sorted(p.name for p in out.glob("*.mp4")) == ["a.mp4", "c.mkv.mp4", "c.mp4.mp4"]
 
-    # A second run leaves finished outputs alone unless asked to overwrite.
-    again = predict_videos(make_cfg(), paths[:1], out, predictor=predictor, progress=False)
-    assert again[0].skipped and again[0].ok
+    # A second run into the folder is refused, or resumes: the failed video is tried again.
+    with pytest.raises(ConfigError, match="not empty"):
+        predict_job(make_cfg(), videos, out, predictor=predictor)
+    again = predict_job(make_cfg(), videos, out, predictor=predictor, existing="skip")
+    assert (again.skipped, again.errors) == (3, 1)
+    assert [r["status"] for r in manifest(out)] == ["skipped", "error", "skipped", "skipped"]
+
+
+def test_skip_existing_predicts_a_video_again_after_a_config_or_file_change(
+    make_cfg, predictor, tmp_path
+):
+    """--skip-existing reuses a video only under the same config and the same file, and
+    config.yaml always describes every result in the folder."""
+    (tmp_path / "in").mkdir()
+    clip = make_clip(tmp_path / "in" / "clip.mp4", n=4)
+    out = tmp_path / "out"
+
+    def run(*opts):
+        result = predict_job(make_cfg(*opts), clip, out, predictor=predictor, existing="skip")
+        config = (out / "config.yaml").read_text()
+        return result, config, read_jsonl(out / "clip.predictions.jsonl")
+
+    first, config, records = run()
+    assert (first.ok, first.skipped) == (1, 0) and len(records) == 4
+    same, again, _ = run()
+    assert (same.ok, same.skipped) == (0, 1) and again == config
+
+    # Another config: predicted again, and config.yaml is the new one.
+    changed, config, records = run("INSTSEG.VIDEO.FRAME_STRIDE", "2")
+    assert (changed.ok, changed.skipped) == (1, 0)
+    assert "FRAME_STRIDE: 2" in config and [r["frame"] for r in records] == [0, 2]
+
+    # The same config but a changed file under the same name: predicted again.
+    make_clip(clip, n=6)
+    edited, config, records = run("INSTSEG.VIDEO.FRAME_STRIDE", "2")
+    assert (edited.ok, edited.skipped) == (1, 0) and [r["frame"] for r in records] == [0, 2, 4]
+    assert [r["frames"] for r in manifest(out)] == ["3"]
 
 
 def test_redone_without_rendering_the_earlier_video_goes(make_cfg, predictor, tmp_path):
@@ -377,7 +430,7 @@ def test_output_never_replaces_the_input(make_cfg, predictor, tmp_path):
     clip = make_clip(tmp_path / "clip.mp4", n=2)
     before = clip.read_bytes()
     with pytest.raises(ConfigError, match="writing clip.mp4 there would replace the input"):
-        predict_videos(make_cfg(), [clip], tmp_path, overwrite=True, predictor=predictor)
+        predict_job(make_cfg(), [clip], tmp_path, predictor=predictor, existing="overwrite")
     assert clip.read_bytes() == before
 
 
@@ -421,13 +474,15 @@ def test_result_defaults():
 def test_same_stem_videos_in_two_folders_are_both_annotated(make_cfg, predictor, tmp_path):
     for folder in ("a", "b"):
         (tmp_path / "in" / folder).mkdir(parents=True)
-    paths = [make_clip(tmp_path / "in" / folder / "clip.mp4", n=2) for folder in ("a", "b")]
+    for folder in ("a", "b"):
+        make_clip(tmp_path / "in" / folder / "clip.mp4", n=2)
     out = tmp_path / "out"
-    results = predict_videos(
-        make_cfg(), paths, out, rels=["a/clip.mp4", "b/clip.mp4"], predictor=predictor,
-        progress=False,
-    )  # fmt: skip
-    assert [r.ok and not r.skipped for r in results] == [True, True]
+    result = predict_job(make_cfg(), tmp_path / "in", out, predictor=predictor)
+    assert [(r["path"], r["status"]) for r in manifest(out)] == [
+        ("a/clip.mp4", "ok"),
+        ("b/clip.mp4", "ok"),
+    ]
+    assert result.ok == 2
     for folder in ("a", "b"):
         assert open_video(out / folder / "clip.mp4").frame_count == 2
         assert len(read_jsonl(out / folder / "clip.predictions.jsonl")) == 2
@@ -438,10 +493,9 @@ def test_a_kill_between_the_two_outputs_is_completed_by_the_next_run(
 ):
     from instseg.io import atomic
 
-    clip = make_clip(tmp_path / "clip.mp4", n=3)
-    reference = predict_videos(
-        make_cfg(), [clip], tmp_path / "ref", predictor=predictor, progress=False
-    )[0]
+    (tmp_path / "in").mkdir()
+    clip = make_clip(tmp_path / "in" / "clip.mp4", n=3)
+    predict_job(make_cfg(), clip, tmp_path / "ref", predictor=predictor)
     out = tmp_path / "out"
     original, calls = atomic.publish, []
 
@@ -453,60 +507,19 @@ def test_a_kill_between_the_two_outputs_is_completed_by_the_next_run(
 
     monkeypatch.setattr(atomic, "publish", killed_after_first_rename)
     with pytest.raises(KeyboardInterrupt):
-        predict_videos(make_cfg(), [clip], out, predictor=predictor, progress=False)
+        predict_job(make_cfg(), clip, out, predictor=predictor)
     monkeypatch.undo()
     assert (out / "clip.predictions.jsonl").exists() and not (out / "clip.mp4").exists()
+    with OutputLock(out):  # the next run's lock completes the commit
+        assert open_video(out / "clip.mp4").frame_count == 3
 
-    [again] = predict_videos(make_cfg(), [clip], out, predictor=predictor, progress=False)
-    assert again.skipped  # completed when the folder was locked: nothing left to do
+    again = predict_job(make_cfg(), clip, out, predictor=predictor, existing="skip")
+    assert again.ok == 1  # no record of it was made before the kill: predicted again
     assert open_video(out / "clip.mp4").frame_count == 3
-    assert read_jsonl(out / "clip.predictions.jsonl") == read_jsonl(reference.predictions)
-    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".") and "lock" not in p.name]
-    assert leftovers == []
-
-
-def test_sigkill_at_random_moments_then_skip_existing_ends_like_one_run(model_files, tmp_path):
-    """A video job killed at 10 random moments, re-run with --skip-existing after each kill,
-    ends with the outputs of one uninterrupted run and no temporary file."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    (tmp_path / "in").mkdir()
-    clip = make_clip(tmp_path / "in" / "clip.mp4", n=24, audio=True)
-    config, weights = model_files
-    instseg = Path(sys.executable).with_name("instseg")
-
-    def command(output):
-        return [
-            str(instseg), "predict", str(clip), "--output", str(output), "--skip-existing",
-            "--config", config[0], "--weights", weights, "--no-progress", "--codec", "mp4v",
-            "MODEL.DEVICE", "cpu",
-        ]  # fmt: skip
-
-    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
-    start = time.monotonic()
-    done = subprocess.run(command(tmp_path / "ref"), capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    duration = time.monotonic() - start
-
-    output = tmp_path / "out"
-    kills = kill_at_random_moments(command(output), env, duration, seed=1)
-    assert kills >= 3
-    done = subprocess.run(command(output), capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    reference = tmp_path / "ref"
-    got = read_jsonl(output / "clip.predictions.jsonl")
-    assert got == read_jsonl(reference / "clip.predictions.jsonl")
-    assert len(got) == 24
-    with open_video(output / "clip.mp4") as video:
-        assert video.frame_count == 24 and video.has_audio
-    leftovers = [
-        p.name for p in output.rglob("*") if ".instseg-tmp-" in p.name or "commit" in p.name
-    ]
-    assert leftovers == []
+    reference = read_jsonl(tmp_path / "ref" / "clip.predictions.jsonl")
+    assert read_jsonl(out / "clip.predictions.jsonl") == reference
+    leftovers = [p.name for p in out.iterdir() if ".instseg-tmp-" in p.name or "commit" in p.name]
+    assert leftovers == [] and not (out / ".instseg-parts").exists()
 
 
 def test_several_videos_on_the_command_line(model_files, tmp_path):
@@ -523,7 +536,7 @@ def test_several_videos_on_the_command_line(model_files, tmp_path):
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "2 video(s): 2 ok, 0 skipped, 0 failed" in done.stdout
+    assert "2 input(s) (0 image(s), 2 video(s)): 2 ok, 0 failed, 0 skipped" in done.stdout
     assert done.stdout.count(".tracks.csv: ") == 2  # objects per class, one line a video
     for name in ("v1", "v2"):
         assert len(read_jsonl(tmp_path / "out" / f"{name}.predictions.jsonl")) == 2
@@ -531,14 +544,17 @@ def test_several_videos_on_the_command_line(model_files, tmp_path):
 
 
 def test_videos_shared_among_two_processes(make_cfg, tmp_path):
-    """Two processes (Detectron2's launch, gloo) take a video each; results come back in order."""
+    """Two processes (Detectron2's launch, gloo) take a video each; one manifest in order."""
     paths = [make_clip(tmp_path / f"v{i}.mp4", n=2) for i in (1, 2)]
     out = tmp_path / "out"
-    results = predict_videos(make_cfg(), paths, out, progress=False, num_workers=2)
-    assert [r.source for r in results] == paths
-    assert [r.ok and r.frames == 2 for r in results] == [True, True]
+    result = predict_job(make_cfg(), paths, out, num_workers=2)
+    assert (result.ok, result.frames) == (2, 4)
+    assert [(r["path"], r["status"], r["frames"]) for r in manifest(out)] == [
+        ("v1.mp4", "ok", "2"),
+        ("v2.mp4", "ok", "2"),
+    ]
     for name in ("v1", "v2"):
         assert len(read_jsonl(out / f"{name}.predictions.jsonl")) == 2
         assert open_video(out / f"{name}.mp4").frame_count == 2
     assert (out / "config.yaml").is_file()
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".instseg-videos")]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".instseg-parts")]

@@ -1,6 +1,7 @@
 """The end of an ``instseg predict`` job: every rank's part file and the earlier run's records,
 streamed in input order into predictions.json, images.json, manifest.csv, config.yaml and the
-resume index, which become visible together through one commit journal."""
+resume index, which become visible together through one commit journal. An input predicted
+again that failed loses its earlier outputs, which another config or input version made."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from instseg.inference.job import (
     OK,
     PREDICTIONS_FILE,
     SKIPPED,
+    VIDEO,
     Job,
     PredictResult,
     Task,
@@ -69,6 +71,7 @@ def finalize(
     config = AtomicFile(output_dir / CONFIG_FILE)
     files = (predictions, images, manifest, index, config)
     identities: dict[str, list[int]] = {}
+    failed: list[Task] = []
     try:
         expected = 0
         for record in _with_missing(merged, job.total, tasks_by_index):
@@ -76,19 +79,21 @@ def finalize(
                 continue  # a repeated record: the first one counts
             expected += 1
             manifest.add(record)
-            status = record["status"]
-            if status == ERROR:
-                result.errors += 1
+            _count(result, record)
+            if record["status"] == ERROR:
+                failed += (
+                    [tasks_by_index[record["index"]]] if record["index"] in tasks_by_index else []
+                )
                 continue
             identities[record["path"]] = record["identity"]
-            result.ok += status == OK
-            result.skipped += status == SKIPPED
+            if record.get("kind") == VIDEO:
+                continue  # its results are in its own JSONL file
             images.add(record["image"])
             for r in record["results"]:
                 predictions.add(r)
-            result.instances += len(record["results"])
         index.write(json.dumps({"config": job.config_digest, "inputs": identities}) + "\n")
         config.write(job.cfg.dump())
+        _remove_outputs(output_dir, failed)
         # The final files become visible together (or, killed part-way, on the next run).
         pairs = [(f.close_unpublished(), f.path) for f in files]
         commit_together(pairs, commit_journal(output_dir, "predict"))
@@ -100,6 +105,26 @@ def finalize(
     for path in part_files:
         path.unlink(missing_ok=True)
     return result
+
+
+def _count(result: PredictResult, record: dict) -> None:
+    status = record["status"]
+    result.videos += record.get("kind") == VIDEO
+    result.errors += status == ERROR
+    result.ok += status == OK
+    result.skipped += status == SKIPPED
+    result.instances += int(record.get("instances") or 0)
+    result.frames += int(record.get("frames") or 0)
+    if record.get("objects") is not None:
+        result.tracked[record["tracks_file"]] = record["objects"]
+
+
+def _remove_outputs(output_dir: Path, tasks: Sequence[Task]) -> None:
+    """Remove what earlier runs wrote for ``tasks``, inputs this run failed on: those outputs
+    were made from another config or another version of the input."""
+    for task in tasks:
+        for name in task.outputs.values():
+            (output_dir / name).unlink(missing_ok=True)
 
 
 def _with_missing(records: Iterator[dict], total: int, tasks_by_index: dict[int, Task]):
@@ -125,6 +150,7 @@ def _missing_record(index: int, tasks_by_index: dict[int, Task]) -> dict:
     return {
         "index": index,
         "path": rel,
+        "kind": task.kind if task else None,
         "status": ERROR,
         "instances": 0,
         "time_ms": None,

@@ -1,5 +1,6 @@
-"""The output stages of an image job: draw each predicted image, then write its annotated copy,
-its instance-id PNG and one flushed part-file line (its COCO results and manifest row).
+"""A process's share of a predict job's records: the output stages of its images (draw each
+predicted image, then write its annotated copy, its instance-id PNG and one flushed part-file
+line with its COCO results and manifest row) and the part-file line of each of its videos.
 
 A drawing or writing failure fails that image only: it becomes an error row and the job goes
 on. A failure to write the part file itself (a full disk) stops the job.
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from instseg.inference.job import ERROR, OK, Job, Task
+from instseg.inference.job import ERROR, IMAGE, OK, VIDEO, Job, Task
 from instseg.inference.pipeline import Frame, StageClock
 from instseg.inference.predictor import instances_to_draw
 from instseg.inference.records import coco_results, semantic_results
@@ -78,12 +79,7 @@ class ImageSink:
     def write(self, frame: Frame) -> None:
         start = time.perf_counter()
         task: Task = frame.tag
-        record = {
-            "index": task.index,
-            "path": task.rel,
-            "identity": list(task.identity),
-            "config": self.job.config_digest,
-        }
+        record = self._record(task, IMAGE)
         if frame.error is None:
             try:
                 record |= self._write_outputs(frame, task)
@@ -97,6 +93,35 @@ class ImageSink:
         record["time_ms"] = round(elapsed * 1000.0, 1)
         self.part.write(record)
         self._count(record)
+
+    def add_video(self, task: Task, result, error: str | None) -> None:
+        """The part-file line of a video :func:`~instseg.inference.video.predict_video` has
+        finished (``result``, a ``VideoResult``) or failed on (``error``, one line)."""
+        record = self._record(task, VIDEO)
+        if error is not None:
+            record |= {"status": ERROR, "instances": 0, "error": error, "time_ms": None}
+        else:
+            record |= {
+                "status": OK,
+                "frames": result.frames,
+                "instances": result.instances,
+                "tracks": sum(result.objects.values()) if result.tracks is not None else None,
+                "objects": result.objects_text if result.tracks is not None else None,
+                "tracks_file": task.outputs["tracks"],
+                "error": None,
+                "time_ms": round(result.seconds * 1000.0, 1),
+            }
+        self.part.write(record)
+        self._count(record, bar=False)
+
+    def _record(self, task: Task, kind: str) -> dict:
+        return {
+            "index": task.index,
+            "path": task.rel,
+            "kind": kind,
+            "identity": list(task.identity),
+            "config": self.job.config_digest,
+        }
 
     def _write_outputs(self, frame: Frame, task: Task) -> dict:
         image, instances = frame.image, frame.instances
@@ -154,10 +179,11 @@ class ImageSink:
             "results": results,
         }
 
-    def _count(self, record: dict) -> None:
+    def _count(self, record: dict, bar: bool = True) -> None:
         if record["status"] == OK:
             self.stats.ok += 1
             self.stats.instances += record["instances"]
         else:
             self.stats.errors += 1
-        self.bar.update(1)
+        if bar:
+            self.bar.update(1)

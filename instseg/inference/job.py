@@ -18,7 +18,10 @@ from instseg.inference.predictor import load_model_config
 # What to do with an output folder that already has files: refuse to start, predict everything
 # again and replace outputs, or predict only what an earlier run did not finish.
 EXISTING_POLICIES = ("refuse", "overwrite", "skip")
-MANIFEST_COLUMNS = ("path", "status", "instances", "time_ms", "error")
+# One row per input: ``kind`` is image or video; ``frames`` (frames processed) and ``tracks``
+# (tracked objects, when tracking is on) are a video's.
+MANIFEST_COLUMNS = ("path", "kind", "status", "frames", "instances", "tracks", "time_ms", "error")
+IMAGE, VIDEO = "image", "video"
 PARTS_DIR_NAME = ".instseg-parts"
 PREDICTIONS_FILE = "predictions.json"
 IMAGES_FILE = "images.json"
@@ -96,26 +99,32 @@ def input_identity(path: str | os.PathLike) -> tuple[int, int]:
 class PredictResult:
     """What a job did. ``stage_ms`` is each stage's busy time per image (milliseconds) and
     ``images_per_s`` the throughput of all processes together; both leave out each process's
-    first batch, which pays one-off start-up costs."""
+    first batch, which pays one-off start-up costs (videos log their own figures)."""
 
     output_dir: str
     total: int = 0  # inputs
+    videos: int = 0  # of which videos
     ok: int = 0
     errors: int = 0
     skipped: int = 0
-    instances: int = 0  # in predictions.json
+    instances: int = 0  # in predictions.json and the videos' JSONL files
+    frames: int = 0  # video frames processed
     seconds: float = 0.0  # wall time of the whole job
     images_per_s: float = 0.0
     stage_ms: dict[str, float] = field(default_factory=dict)
+    tracked: dict[str, str] = field(default_factory=dict)  # tracks file -> objects per class
 
     @property
     def exit_status(self) -> int:
         return 1 if self.errors else 0
 
     def summary_line(self) -> str:
+        kinds = f" ({self.total - self.videos} image(s), {self.videos} video(s))"
+        frames = f", {self.frames} video frame(s)" if self.videos else ""
         return (
-            f"{self.total} input(s): {self.ok} ok, {self.errors} failed, {self.skipped} skipped; "
-            f"{self.instances} instance(s); outputs in {self.output_dir}"
+            f"{self.total} input(s){kinds if self.videos else ''}: {self.ok} ok, "
+            f"{self.errors} failed, {self.skipped} skipped; {self.instances} instance(s)"
+            f"{frames}; outputs in {self.output_dir}"
         )
 
     def timing_line(self) -> str:
@@ -132,16 +141,31 @@ class PredictResult:
 
 @dataclass
 class Task:
-    """One input to predict, with everything its outputs need."""
+    """One input to predict (an image or a video), with everything its outputs need."""
 
     index: int  # position in the full input list
-    image_id: int
+    kind: str  # IMAGE or VIDEO
     path: str
     rel: str
-    annotated: str | None  # output path relative to DIR; None when not drawing
-    masks: str | None  # output path relative to DIR; None without SAVE_MASKS
-    panels: str | None = None  # a semantic model's three-panel figure; None when not drawing
+    # Output kind (instseg.inference.output_plan) -> path relative to DIR, as planned.
+    outputs: dict[str, str] = field(default_factory=dict)
+    # The kinds of ``outputs`` this config writes: a resumed run reuses the input only when
+    # they all exist.
+    written: tuple[str, ...] = ()
+    image_id: int | None = None  # images only: its id in images.json and predictions.json
     identity: tuple[int, int] = (0, 0)  # the input's (size, mtime_ns) when planned
+
+    @property
+    def annotated(self) -> str | None:
+        return self.outputs.get("annotated")
+
+    @property
+    def masks(self) -> str | None:
+        return self.outputs.get("masks")
+
+    @property
+    def panels(self) -> str | None:
+        return self.outputs.get("panels")
 
 
 @dataclass(frozen=True)
@@ -151,6 +175,7 @@ class PriorEntry:
     instances: int
     identity: tuple[int, int]  # the input's (size, mtime_ns) when it was predicted
     part_file: str | None = None
+    row: dict | None = None  # a video's manifest row (final files only)
     offset: int = 0
     image: dict | None = None  # from images.json (final files only)
     predictions_offset: int = 0  # first line of its results in predictions.json

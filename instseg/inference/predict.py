@@ -1,32 +1,38 @@
-"""Batch prediction over image files: ``instseg predict``.
+"""Prediction over any SOURCE of image files and videos: ``instseg predict``.
 
-Each process streams its inputs through :class:`~instseg.inference.pipeline.Pipeline` (the
-stages the Python API and videos use), with :class:`~instseg.inference.image_sink.ImageSink`'s
-render and write stages as its outputs, so memory stays flat for any number of images and the
-model never waits on disk or drawing.
+A job is a list of inputs planned up front (:class:`~instseg.inference.job.Task`: an image or a
+video, with its identity and its planned outputs). One code path plans it, shares it among
+processes and machines, resumes it and publishes it, whatever the inputs' kinds. Each process
+streams its images through :class:`~instseg.inference.pipeline.Pipeline` with
+:class:`~instseg.inference.image_sink.ImageSink`'s render and write stages, and each of its
+videos through the same loaded pipeline with
+:func:`~instseg.inference.video.predict_video`'s track, render and write stages; memory stays
+flat for any number of inputs and the model never waits on disk or drawing.
 
 Outputs in the output folder ``DIR`` (``<rel>`` is the input's path relative to the SOURCE root,
 so the layout mirrors the input tree; ``<stem>`` is ``<rel>`` without its extension):
 
-* ``DIR/config.yaml``: the merged config the job ran with.
-* ``DIR/<rel>``: the image with masks, boxes and labels drawn (``INSTSEG.PREDICT.RENDERER``;
-  "auto" is Detectron2's Visualizer), in the input's format, or ``DIR/<stem>.jpg`` for formats
-  OpenCV does not write. Only with ``INSTSEG.PREDICT.RENDER``.
+* ``DIR/config.yaml``: the merged config every result in the folder was made with.
+* ``DIR/<rel>``: the image with masks, boxes and labels drawn (``INSTSEG.PREDICT.RENDERER``),
+  in the input's format, or ``DIR/<stem>.jpg`` for formats OpenCV does not write. Only with
+  ``INSTSEG.PREDICT.RENDER``.
 * ``DIR/<stem>.masks.png``: with ``INSTSEG.PREDICT.SAVE_MASKS``, pixel value ``k`` is the
   image's ``k``-th instance in descending score order (the order of its entries in
   predictions.json), 0 is background, overlaps go to the higher score; uint8, or uint16 when an
   image has more than 255 instances.
-* ``DIR/predictions.json``: the COCO results list (``image_id``, ``category_id``, ``bbox`` as
-  float XYWH, ``score``, ``segmentation`` as RLE with ``counts`` a str), grouped by image and
-  sorted by descending score within an image, one result per line; load it with pycocotools'
-  ``COCO.loadRes``.
+* ``DIR/predictions.json``: the images' COCO results list (``image_id``, ``category_id``,
+  ``bbox`` as float XYWH, ``score``, ``segmentation`` as RLE with ``counts`` a str), grouped by
+  image and sorted by descending score within an image, one result per line; load it with
+  pycocotools' ``COCO.loadRes``.
 * ``DIR/images.json``: a COCO dataset without annotations, ``{"info", "categories": [{"id",
   "name"}], "annotations": [], "images": [{"id", "file_name": <rel>, "width", "height"}]}``:
   what the ids in predictions.json stand for. ``COCO("images.json").loadRes("predictions.json")``
   works for any input; with ``--coco-json`` so does loading against that dataset.
-* ``DIR/manifest.csv``: ``path,status,instances,time_ms,error``, one row per input in input order;
-  status is ok, error (``error`` says why in one line naming the file) or skipped (done by an
-  earlier run, see below).
+* for each video, ``DIR/<stem>.mp4``, ``DIR/<stem>.predictions.jsonl`` and, with tracking,
+  ``DIR/<stem>.tracks.csv`` and ``DIR/<stem>.tracks.json`` (:mod:`instseg.inference.video`).
+* ``DIR/manifest.csv``: ``path,kind,status,frames,instances,tracks,time_ms,error``, one row
+  per input in input order; status is ok, error (``error`` says why in one line naming the
+  file) or skipped (done by an earlier run, see below).
 
 Output names follow :mod:`instseg.inference.output_plan`: planned before any work, inside
 ``DIR``, never an input, unique across inputs and kinds (``a.jpg`` and ``a.png`` give
@@ -43,17 +49,20 @@ config.yaml and ``DIR/.instseg-index.json`` (digest and identities behind them) 
 from the part files at the end (streamed, in input order) and published together through a
 commit journal. An interrupted job leaves its part files, never a truncated final file.
 Re-running with ``existing="skip"`` reuses them, and the final files of a finished run, but only
-for an input whose identity and config digest match and whose image outputs exist.
+for an input, image or video, whose identity and config digest match and whose outputs exist;
+an input predicted again that fails loses its earlier outputs, so every result in the folder
+was made with the config in config.yaml.
 
 Scale-out (:mod:`instseg.inference.launcher`): ``num_workers`` processes on each of
-``num_machines`` machines each take every N-th input of rank 0's to-do list; ids come from the
-full sorted input list, so they do not depend on N. Rank 0 holds the lock and merges all part
-files after a barrier.
+``num_machines`` machines each take every N-th input of rank 0's to-do list, images and videos
+alike; ids come from the full sorted input list, so they do not depend on N. Rank 0 holds the
+lock and merges all part files after a barrier.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import shutil
@@ -75,9 +84,11 @@ from instseg.inference.image_ids import assign_ids
 from instseg.inference.image_sink import ImageSink
 from instseg.inference.job import (
     EXISTING_POLICIES,
+    IMAGE,
     MANIFEST_COLUMNS,
     PARTS_DIR_NAME,
     RESERVED_NAMES,
+    VIDEO,
     Job,
     PredictOptions,
     PredictResult,
@@ -88,13 +99,19 @@ from instseg.inference.job import (
 )
 from instseg.inference.launcher import run_sharded, shard
 from instseg.inference.output_dir import OutputLock, check_output_dir
-from instseg.inference.output_plan import check_output_paths, plan_outputs
+from instseg.inference.output_plan import (
+    VIDEO_OUTPUT_KINDS,
+    check_output_paths,
+    plan_outputs,
+)
 from instseg.inference.pipeline import STAGES, Pipeline
 from instseg.inference.predictor import BatchPredictor, check_model_cfg, class_filter
 from instseg.inference.resume import load_prior, outputs_exist
-from instseg.inference.sources import Source, SourceError, resolve_source
-from instseg.inference.video_options import resolve_renderer_name
-from instseg.io.writers import JsonLinesWriter
+from instseg.inference.sources import Source, resolve_source, resolve_sources
+from instseg.inference.tracking import TrackOptions
+from instseg.inference.video import predict_video
+from instseg.inference.video_options import VideoOptions
+from instseg.io.media import VideoError
 from instseg.viz.render import build_renderer
 from instseg.viz.semantic_renderer import SemanticRenderer
 
@@ -109,41 +126,45 @@ __all__ = [
     "PredictResult",
     "check_output_dir",
     "load_predict_cfg",
-    "predict_images",
+    "predict",
 ]
 
 
-def predict_images(
-    cfg: CfgNode, source: Source | str | os.PathLike, options: PredictOptions
+def predict(
+    cfg: CfgNode,
+    source: Source | str | os.PathLike | Sequence[str | os.PathLike],
+    options: PredictOptions,
+    *,
+    predictor: BatchPredictor | None = None,
 ) -> PredictResult | None:
-    """Predict every image of ``source`` and write the outputs described in the module docstring.
+    """Predict every image and video of ``source`` (a SOURCE, several, or a resolved
+    :class:`Source`) and write the outputs described in the module docstring.
 
     Unreadable inputs become error rows and the job goes on; configuration problems raise
-    :class:`ConfigError` before any model is loaded. Returns None on machines other than
-    machine 0 of a multi-machine job (machine 0 reports).
+    :class:`ConfigError` before any model is loaded. ``predictor`` reuses a loaded model (one
+    process only). Returns None on machines other than machine 0 of a multi-machine job
+    (machine 0 reports).
     """
     started = time.perf_counter()
     output_dir = Path(options.output_dir)
-    if not isinstance(source, Source):
+    if isinstance(source, list | tuple):
+        source = resolve_sources(list(source), exclude=output_dir)
+    elif not isinstance(source, Source):
         source = resolve_source(source, exclude=output_dir)
-    if source.kind != "images":
-        raise SourceError(f"{source.spec}: holds videos; predict them with instseg.video")
     _check_cfg(cfg, options)
     # Ids and output names first: a bad --coco-json or a clash stops before anything is written.
-    metadata = build_metadata(cfg)
-    names = metadata.stuff_classes if is_semantic(cfg) else metadata.thing_classes
-    image_ids, categories = assign_ids(source.files, names, options.coco_json)
-    tasks = _make_tasks(cfg, source, output_dir, image_ids)
+    tasks, categories = _make_tasks(cfg, source, output_dir, options.coco_json)
     if options.machine_rank != 0:  # machine 0 owns the folder: its lock, checks and merge
-        return _run(_plan_job(cfg, tasks, categories, options, output_dir), options)
+        return _run(_plan_job(cfg, tasks, categories, options, output_dir), options, None)
     check_output_dir(output_dir, options.existing)
     with OutputLock(output_dir):
         job = _plan_job(cfg, tasks, categories, options, output_dir)
-        result = _run(job, options)
+        result = _run(job, options, predictor)
         shutil.rmtree(output_dir / PARTS_DIR_NAME, ignore_errors=True)
     result.seconds = time.perf_counter() - started
     logger.info("%s", result.summary_line())
-    logger.info("%s", result.timing_line())
+    if result.total > result.videos:
+        logger.info("%s", result.timing_line())
     return result
 
 
@@ -190,17 +211,20 @@ def _plan_job(
     )
 
 
-def _run(job: Job, options: PredictOptions) -> PredictResult | None:
+def _run(
+    job: Job, options: PredictOptions, predictor: BatchPredictor | None
+) -> PredictResult | None:
     workers = options.num_workers if options.num_machines > 1 else None
     if workers is None:  # one machine: no more processes than inputs
         workers = min(options.num_workers, max(1, len(job.tasks)))
-    if workers * options.num_machines > 1:
-        logger.info(
-            "Predicting %d image(s) in %d process(es) x %d machine(s)",
-            len(job.tasks),
-            workers,
-            options.num_machines,
-        )
+    if workers * options.num_machines == 1:
+        return PredictResult(**_worker_main(job, predictor))
+    logger.info(
+        "Predicting %d input(s) in %d process(es) x %d machine(s)",
+        len(job.tasks),
+        workers,
+        options.num_machines,
+    )
     summary = run_sharded(
         _worker_main,
         job,
@@ -214,13 +238,8 @@ def _run(job: Job, options: PredictOptions) -> PredictResult | None:
 
 
 def _check_cfg(cfg: CfgNode, options: PredictOptions) -> None:
-    predict = cfg.INSTSEG.PREDICT
-    if int(predict.BATCH_SIZE) < 1 or int(predict.QUEUE_SIZE) < 1:
-        raise ConfigError("INSTSEG.PREDICT: BATCH_SIZE and QUEUE_SIZE must be >= 1")
-    try:
-        build_renderer(resolve_renderer_name(predict.RENDERER), None)
-    except ValueError as e:
-        raise ConfigError(f"INSTSEG.PREDICT.RENDERER: {e}") from None
+    VideoOptions.from_cfg(cfg)  # batch, queue, renderer and video keys, each named on error
+    TrackOptions.from_cfg(cfg)
     check_model_cfg(cfg)
     if options.num_workers > 1 and str(cfg.MODEL.DEVICE).startswith("cuda"):
         available = torch.cuda.device_count()
@@ -231,19 +250,42 @@ def _check_cfg(cfg: CfgNode, options: PredictOptions) -> None:
             )
 
 
-def _make_tasks(
-    cfg: CfgNode, source: Source, output_dir: Path, image_ids: Sequence[int]
-) -> list[Task]:
+def _output_kinds(cfg: CfgNode) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """(planned, written) output kinds of an image and of a video under ``cfg``. A video's
+    names are all planned, so a rerun with other settings can clear what it no longer writes."""
     render, save_masks = bool(cfg.INSTSEG.PREDICT.RENDER), bool(cfg.INSTSEG.PREDICT.SAVE_MASKS)
     semantic = is_semantic(cfg)  # its class-id PNG is its main output
-    wanted = (
+    image = (
         ("annotated", render),
         ("masks", save_masks or semantic),
         ("panels", render and semantic),
     )
-    kinds = [k for k, on in wanted if on]
+    tracks = TrackOptions.from_cfg(cfg).enabled and not semantic
+    video = (
+        ("video", render),
+        ("predictions", True),
+        ("tracks", tracks),
+        ("track_summary", tracks),
+    )
+    image_kinds = tuple(k for k, on in image if on)
+    return {
+        IMAGE: (image_kinds, image_kinds),
+        VIDEO: (VIDEO_OUTPUT_KINDS, tuple(k for k, on in video if on)),
+    }
+
+
+def _make_tasks(
+    cfg: CfgNode, source: Source, output_dir: Path, coco_json: str | None
+) -> tuple[list[Task], list[dict]]:
+    """Every input's task (ids, output names, identity) and the output categories."""
+    kinds = _output_kinds(cfg)
+    metadata = build_metadata(cfg)
+    names = metadata.stuff_classes if is_semantic(cfg) else metadata.thing_classes
+    images = [f for f in source.files if f.kind == IMAGE]
+    ids, categories = assign_ids(images, names, coco_json)
+    image_ids = {f.rel: image_id for f, image_id in zip(images, ids, strict=True)}
     rels = [f.rel for f in source.files]
-    plan = plan_outputs(rels, [kinds] * len(rels), reserved=RESERVED_NAMES)
+    plan = plan_outputs(rels, [kinds[f.kind][0] for f in source.files], reserved=RESERVED_NAMES)
     check_output_paths(
         output_dir,
         [n for outputs in plan for n in outputs.values()],
@@ -258,42 +300,39 @@ def _make_tasks(
         tasks.append(
             Task(
                 index=index,
-                image_id=image_ids[index],
+                kind=f.kind,
                 path=str(f.path),
                 rel=f.rel,
-                annotated=outputs.get("annotated"),
-                masks=outputs.get("masks"),
-                panels=outputs.get("panels"),
+                outputs=outputs,
+                written=kinds[f.kind][1],
+                image_id=image_ids.get(f.rel),
                 identity=identity,
             )
         )
-    return tasks
+    return tasks, categories
 
 
-def _worker_main(job: Job) -> dict | None:
+def _worker_main(job: Job, predictor: BatchPredictor | None = None) -> dict | None:
     """One process: predict its shard, then (rank 0) merge every part file into the outputs."""
     rank, world = comm.get_rank(), comm.get_world_size()
     tasks = shard(job.tasks, rank, world)
-    JsonLinesWriter(job.part_file(rank)).close()  # present even for no inputs
-    renderer = None
-    if job.cfg.INSTSEG.PREDICT.RENDER:
-        name = resolve_renderer_name(job.cfg.INSTSEG.PREDICT.RENDERER)
-        if is_semantic(job.cfg):
-            renderer = SemanticRenderer(build_metadata(job.cfg), name)
-        else:
-            renderer = build_renderer(name, build_metadata(job.cfg))
+    images = sum(task.kind == IMAGE for task in tasks)
     desc = "predict" if world == 1 else f"predict (rank 0 of {world})"
-    with ImageSink(job, rank, len(tasks), renderer, desc) as sink:
+    with ImageSink(job, rank, images, _build_renderer(job.cfg), desc) as sink:
         if tasks:
             pipeline = Pipeline(
-                BatchPredictor(job.cfg),
+                predictor or BatchPredictor(job.cfg),
                 class_filter(job.cfg),
                 int(job.cfg.INSTSEG.PREDICT.BATCH_SIZE),
                 int(job.cfg.INSTSEG.PREDICT.QUEUE_SIZE),
             )
-            max_pixels = int(job.cfg.INSTSEG.MAX_IMAGE_PIXELS)
-            frames = (image_frame(t.path, t.rel, t, max_pixels) for t in tasks)
-            pipeline.run(frames, sink.stages(), sink.stats.clock)
+            # Runs of images, then each video, in input order: the part file stays sorted.
+            for kind, run in itertools.groupby(tasks, key=lambda task: task.kind):
+                if kind == IMAGE:
+                    _predict_images(job, pipeline, sink, list(run))
+                else:
+                    for task in run:
+                        sink.add_video(task, *_predict_video(job, pipeline, task))
     if world > 1:
         comm.synchronize()
         all_stats = comm.gather(sink.stats, dst=0)
@@ -303,3 +342,42 @@ def _worker_main(job: Job) -> dict | None:
         return None
     result = finalize(job, [job.part_file(r) for r in range(world)], all_stats)
     return dataclasses.asdict(result)
+
+
+def _build_renderer(cfg: CfgNode):
+    """The images' renderer (videos build their own, with per-track colours); None when not
+    drawing."""
+    options = VideoOptions.from_cfg(cfg)
+    if not options.render:
+        return None
+    if is_semantic(cfg):
+        return SemanticRenderer(build_metadata(cfg), options.renderer)
+    return build_renderer(options.renderer, build_metadata(cfg))
+
+
+def _predict_images(job: Job, pipeline: Pipeline, sink: ImageSink, tasks: list[Task]) -> None:
+    max_pixels = int(job.cfg.INSTSEG.MAX_IMAGE_PIXELS)
+    frames = (image_frame(t.path, t.rel, t, max_pixels) for t in tasks)
+    pipeline.run(frames, sink.stages(), sink.stats.clock)
+
+
+def _predict_video(job: Job, pipeline: Pipeline, task: Task):
+    """(result, error) of one video; a video that cannot be read, predicted or written is an
+    error, and the job goes on."""
+    output_dir = Path(job.output_dir)
+    try:
+        result = predict_video(
+            job.cfg,
+            task.path,
+            output_dir,
+            overwrite=True,  # planned: a video predicted again replaces its earlier outputs
+            pipeline=pipeline,
+            outputs=tuple(output_dir / task.outputs[kind] for kind in VIDEO_OUTPUT_KINDS),
+            rel=task.rel,
+            progress=job.progress,
+        )
+    except VideoError as exc:
+        message = " ".join(str(exc).split())
+        logger.error("%s", message)
+        return None, message
+    return result, None

@@ -1,8 +1,8 @@
 """``--skip-existing``: what an earlier run in the output folder finished, and its records.
 
-An input is reused only when its identity (size, mtime) and the config digest match those its
-record was made with, and its image outputs exist; anything else is predicted again, so results
-of two configs or of two versions of an image never mix.
+An input, image or video, is reused only when its identity (size, mtime) and the config digest
+match those its record was made with, and its outputs exist; anything else is predicted again,
+so results of two configs or of two versions of an input never mix.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from instseg.inference.job import (
     PARTS_DIR_NAME,
     PREDICTIONS_FILE,
     SKIPPED,
+    VIDEO,
     Job,
     PriorEntry,
     Task,
@@ -31,9 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 def outputs_exist(output_dir: Path, task: Task) -> bool:
-    return all(
-        (output_dir / name).is_file() for name in (task.annotated, task.masks, task.panels) if name
-    )
+    return all((output_dir / task.outputs[kind]).is_file() for kind in task.written)
 
 
 def load_prior(output_dir: Path, digest: str) -> dict[str, PriorEntry]:
@@ -79,26 +78,25 @@ def _prior_from_final(output_dir: Path, digest: str) -> dict[str, PriorEntry]:
         return {}
     identities = {rel: tuple(identity) for rel, identity in index["inputs"].items()}
     with open(manifest, encoding="utf-8", newline="") as f:
-        done = {
-            row["path"]: int(row["instances"] or 0)
-            for row in csv.DictReader(f)
-            if row["status"] in (OK, SKIPPED)
-        }
+        rows = [row for row in csv.DictReader(f) if row["status"] in (OK, SKIPPED)]
+    prior = {
+        row["path"]: PriorEntry(int(row["instances"] or 0), identities[row["path"]], row=row)
+        for row in rows
+        if row["kind"] == VIDEO and row["path"] in identities
+    }
+    done = {row["path"]: int(row["instances"] or 0) for row in rows if row["kind"] != VIDEO}
     with open(images_file, encoding="utf-8") as f:
         images = {image["file_name"]: image for image in json.load(f)["images"]}
     spans: dict[int, list[int]] = {}
     for offset, result in iter_json_list(predictions_file):
         span = spans.setdefault(int(result["image_id"]), [offset, 0])
         span[1] += 1
-    prior = {}
     for rel, instances in done.items():
         image = images.get(rel)
         if image is None:
             continue
         offset, count = spans.get(int(image["id"]), (0, 0))
-        if count != instances:
-            continue
-        if rel not in identities:
+        if count != instances or rel not in identities:
             continue
         prior[rel] = PriorEntry(
             instances,
@@ -112,6 +110,8 @@ def _prior_from_final(output_dir: Path, digest: str) -> dict[str, PriorEntry]:
 
 def prior_record(job: Job, task: Task, entry: PriorEntry) -> dict:
     """An earlier run's record of ``task``, as a part-file row with this run's ids."""
+    if task.kind == VIDEO:
+        return _prior_video_record(job, task, entry)
     if entry.part_file is not None:
         record = read_json_line(entry.part_file, entry.offset)
         image, results = record["image"], record["results"]
@@ -131,10 +131,30 @@ def prior_record(job: Job, task: Task, entry: PriorEntry) -> dict:
         "path": task.rel,
         "identity": list(task.identity),
         "config": job.config_digest,
+        "kind": task.kind,
         "status": SKIPPED,
         "instances": len(results),
         "time_ms": None,
         "error": None,
         "image": image,
         "results": results,
+    }
+
+
+def _prior_video_record(job: Job, task: Task, entry: PriorEntry) -> dict:
+    """A video's earlier record: its manifest row's counts (its results stay in its JSONL)."""
+    earlier = (
+        entry.row if entry.part_file is None else read_json_line(entry.part_file, entry.offset)
+    )
+    counts = {key: earlier.get(key) for key in ("frames", "instances", "tracks")}
+    return {
+        **{key: int(value) if value not in (None, "") else None for key, value in counts.items()},
+        "index": task.index,
+        "path": task.rel,
+        "kind": task.kind,
+        "identity": list(task.identity),
+        "config": job.config_digest,
+        "status": SKIPPED,
+        "time_ms": None,
+        "error": None,
     }

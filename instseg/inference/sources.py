@@ -7,7 +7,9 @@ A SOURCE is one of:
 * a glob pattern (``**`` matches folders recursively), e.g. ``"photos/**/*.jpg"``;
 * a text file (``.txt``, ``.lst``, ``.list``) naming one path per line, relative to the list's
   folder (blank lines and lines starting with ``#`` are ignored), in the list's order;
-* a video file, or a folder holding only videos (see :data:`VIDEO_EXTENSIONS`).
+* a video file (see :data:`VIDEO_EXTENSIONS`).
+
+Folders, globs and lists may mix images and videos: one job predicts them all.
 
 Every input gets a path relative to the SOURCE's root folder (POSIX separators): outputs mirror
 the input tree under the output folder, and the relative path is the input's name in the
@@ -44,7 +46,7 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pbm", ".pgm"}
     | {".ppm", ".pnm", ".pxm", ".sr", ".ras", ".jp2", ".hdr", ".pic"}
 )
-# File name endings treated as videos (lower case); instseg.video uses this same set.
+# File name endings treated as videos (lower case).
 VIDEO_EXTENSIONS = frozenset(
     {".3gp", ".avi", ".flv", ".m2ts", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".mts"}
     | {".ogv", ".ts", ".webm", ".wmv"}
@@ -66,14 +68,18 @@ class InputFile:
     path: Path
     rel: str
 
+    @property
+    def kind(self) -> str:
+        """ "video" for a video file name, else "image"."""
+        return "video" if is_video_path(self.path) else "image"
+
 
 @dataclass
 class Source:
-    """What a SOURCE expands to. ``kind`` is "images" or "videos"; ``files`` are in order."""
+    """What a SOURCE expands to: its input files (images and videos), in order."""
 
     spec: str
     root: Path
-    kind: str
     files: list[InputFile]
 
 
@@ -82,8 +88,9 @@ def is_video_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+def _is_input_name(name: str) -> bool:
+    suffix = os.path.splitext(name)[1].lower()
+    return suffix in IMAGE_EXTENSIONS or suffix in VIDEO_EXTENSIONS
 
 
 def resolve_source(spec: str | os.PathLike, exclude: os.PathLike | str | None = None) -> Source:
@@ -105,8 +112,7 @@ def resolve_source(spec: str | os.PathLike, exclude: os.PathLike | str | None = 
         suffix = path.suffix.lower()
         if suffix in LIST_EXTENSIONS:
             return _from_list(spec, path)
-        kind = "videos" if suffix in VIDEO_EXTENSIONS else "images"
-        return Source(spec, path.parent, kind, [InputFile(path, path.name)])
+        return Source(spec, path.parent, [InputFile(path, path.name)])
     if _GLOB_CHARS & set(spec):
         return _from_glob(spec, excluded)
     raise SourceError(f"{spec}: no such file or folder")
@@ -115,25 +121,19 @@ def resolve_source(spec: str | os.PathLike, exclude: os.PathLike | str | None = 
 def resolve_sources(
     specs: list[str | os.PathLike], exclude: os.PathLike | str | None = None
 ) -> Source:
-    """Several SOURCEs (what a shell makes of ``videos/*.mp4``) as one: their files in the order
-    given, each once, relative to the nearest folder holding them all. All must be images, or
-    all videos."""
+    """Several SOURCEs (what a shell makes of ``photos/*``) as one: their files in the order
+    given, each once, relative to the nearest folder holding them all."""
     if len(specs) == 1:
         return resolve_source(specs[0], exclude)
     sources = [resolve_source(spec, exclude) for spec in specs]
-    kinds = {s.kind for s in sources}
-    if len(kinds) > 1:
-        images = next(s.spec for s in sources if s.kind == "images")
-        videos = next(s.spec for s in sources if s.kind == "videos")
-        raise SourceError(f"{images}, {videos}: images and videos mixed; predict them in two runs")
     paths = [f.path for s in sources for f in s.files]
     root = _common_root(sources[0].root, paths)
     spec = " ".join(os.fspath(s) for s in specs)
-    return Source(spec, root, kinds.pop(), _relative_to(root, paths, sort=False))
+    return Source(spec, root, _relative_to(root, paths, sort=False))
 
 
 def _from_folder(spec: str, folder: Path, excluded: Path | None) -> Source:
-    images, videos = [], []
+    found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         current = Path(dirpath)
         dirnames[:] = [
@@ -144,21 +144,11 @@ def _from_folder(spec: str, folder: Path, excluded: Path | None) -> Source:
         for name in filenames:
             if name.startswith("."):
                 continue
-            if _is_image_name(name):
-                images.append(current / name)
-            elif is_video_path(name):
-                videos.append(current / name)
-    if not images and videos:
-        return Source(spec, folder, "videos", _relative_to(folder, videos))
-    if not images:
-        raise SourceError(f"{spec}: no image files found (looked for {_extension_hint()})")
-    if videos:
-        logger.warning(
-            "%s: %d video file(s) ignored among the images; pass videos as their own SOURCE",
-            spec,
-            len(videos),
-        )
-    return Source(spec, folder, "images", _relative_to(folder, images))
+            if _is_input_name(name):
+                found.append(current / name)
+    if not found:
+        raise SourceError(f"{spec}: no image or video files found (looked for {_extension_hint()})")
+    return Source(spec, folder, _relative_to(folder, found))
 
 
 def _from_glob(spec: str, excluded: Path | None) -> Source:
@@ -169,13 +159,10 @@ def _from_glob(spec: str, excluded: Path | None) -> Source:
         for p in matches
         if p.is_file() and (excluded is None or excluded not in p.resolve().parents)
     ]
-    images = [p for p in files if _is_image_name(p.name)]
-    videos = [p for p in files if is_video_path(p)]
-    if not images and videos:
-        return Source(spec, _common_root(root, videos), "videos", _relative_to(root, videos))
-    if not images:
-        raise SourceError(f"{spec}: the pattern matches no image files")
-    return Source(spec, _common_root(root, images), "images", _relative_to(root, images))
+    found = [p for p in files if _is_input_name(p.name)]
+    if not found:
+        raise SourceError(f"{spec}: the pattern matches no image or video files")
+    return Source(spec, _common_root(root, found), _relative_to(root, found))
 
 
 def _glob_root(spec: str) -> Path:
@@ -210,9 +197,7 @@ def _from_list(spec: str, list_file: Path) -> Source:
     # Outputs mirror the tree below the list's folder; entries outside it make the root the
     # nearest folder holding them all.
     root = _common_root(base, paths)
-    files = _relative_to(root, paths, sort=False)
-    kind = "videos" if all(is_video_path(p) for p in paths) else "images"
-    return Source(spec, root, kind, files)
+    return Source(spec, root, _relative_to(root, paths, sort=False))
 
 
 def _rel_posix(path: Path, root: Path) -> str:
@@ -243,5 +228,5 @@ def _relative_to(root: Path, paths: list[Path], sort: bool = True) -> list[Input
 
 
 def _extension_hint() -> str:
-    common = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+    common = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".mp4", ".mkv", ".avi")
     return ", ".join(common) + ", ..."

@@ -30,7 +30,6 @@ and its track files become visible together (one commit journal).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -95,6 +94,7 @@ class VideoResult:
     tracks: Path | None = None  # NAME.tracks.csv; None when tracking is off, skipped or failed
     objects: dict[str, int] = field(default_factory=dict)  # tracked objects per class name
     frames: int = 0  # frames processed (and written)
+    instances: int = 0  # results in the JSONL, all frames together
     fps: float = 0.0  # the source's frame rate
     width: int = 0
     height: int = 0
@@ -105,7 +105,7 @@ class VideoResult:
     throughput: float = 0.0
     stage_ms: dict[str, float] = field(default_factory=dict)
     skipped: bool = False  # outputs existed and overwrite was off
-    error: str | None = None  # one line, set by predict_videos when this video failed
+    error: str | None = None  # one line, when this video failed
 
     @property
     def ok(self) -> bool:
@@ -115,21 +115,6 @@ class VideoResult:
     def objects_text(self) -> str:
         """The tracked objects per class as one phrase ("2 cat, 1 dog"; "none")."""
         return ", ".join(f"{n} {name}" for name, n in self.objects.items()) or "none"
-
-    def to_json(self) -> dict:
-        """JSON-ready fields (paths as str), for handing results between processes."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
-
-    @classmethod
-    def from_json(cls, data: dict) -> VideoResult:
-        data = dict(data)
-        for key in ("source", "video", "predictions", "tracks"):
-            data[key] = Path(data[key]) if data[key] is not None else None
-        if data["written"] is not None:
-            data["written"] = WrittenVideo(
-                **{**data["written"], "path": Path(data["written"]["path"])}
-            )
-        return cls(**data)
 
 
 class _VideoSink:
@@ -156,7 +141,7 @@ class _VideoSink:
         )
         self.tracker, self.track_log, self.tracks_csv = tracker, track_log, tracks_csv
         self.semantic_classes = semantic_classes  # a semantic model's: results per class
-        self.frames = 0
+        self.frames = self.instances = 0
 
     def stages(self, merged: bool = False):
         stages = [("track", self.track)] if self.tracker is not None else []
@@ -189,6 +174,7 @@ class _VideoSink:
             results = semantic_results(frame.sem_seg, frame.index, ids, names)
         else:
             results = coco_results(frame.instances, frame.index)
+        self.instances += len(results)
         record = frame_record(frame.index, frame.time, results)
         frame.record = json.dumps(record, separators=(",", ":")) + "\n"
         frame.image = frame.instances = frame.sem_seg = None
@@ -249,7 +235,7 @@ def predict_video(
         predictor, pipeline: reuse a loaded model (built from ``cfg`` when both are None).
         name: output base name (default: the input's stem).
         outputs: (annotated video, predictions JSONL, tracks CSV, tracks JSON), as planned by
-            :func:`predict_videos`; they override ``name``.
+            the predict job; they override ``name``.
         rel: the input's name below the SOURCE root, for its frames' identity.
         progress: show a tqdm bar in frames.
 
@@ -352,7 +338,7 @@ def predict_video(
         result.first_bad_frame = source.first_bad_frame
 
     result.seconds = time.perf_counter() - started
-    result.frames = sink.frames
+    result.frames, result.instances = sink.frames, sink.instances
     result.predictions = jsonl_path
     if track_log is not None:
         result.tracks = csv_path
