@@ -24,5 +24,5 @@ setup(
         "segmentation-models-pytorch",  # U-Net & co. as a Detectron2 meta-architecture
     ],
     extras_require={"test": ["pytest", "ruff", "supervision", "motmetrics"]},
-    entry_points={"console_scripts": ["instseg = instseg.cli:main"]},
+    entry_points={"console_scripts": ["instseg = instseg.cli.commands:main"]},
 )

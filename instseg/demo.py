@@ -87,38 +87,25 @@ def _precision_opts() -> list[str]:
     return [] if precision.dtype is None else ["SOLVER.AMP.ENABLED", "True"]
 
 
-def run_demo(output_dir: str | os.PathLike, quick: bool = False, weights: str | None = None):
-    """Run every stage into ``output_dir``; returns a :class:`DemoSummary`."""
-    from instseg.inference.predict import PredictOptions, load_predict_cfg, predict
-    from instseg.inference.video import predict_video
-
+def run_demo(
+    output_dir: str | os.PathLike,
+    quick: bool = False,
+    weights: str | None = None,
+    iterations: int | None = None,
+):
+    """Run every stage into ``output_dir``; returns a :class:`DemoSummary`. ``iterations``
+    replaces the schedule's length (the U-Net trains a third as many, at least 20)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = DemoSummary(out)
-
     with _timed(summary, "data"):
-        sample = write_sample_dataset(out / "sample", seed=0)
-        for json_path, images in (
-            (sample.train_json, sample.train_images),
-            (sample.val_json, sample.val_images),
-        ):
-            problems = validate_coco_dataset(json_path, images)
-            if has_errors(problems):
-                raise ConfigError(f"{json_path}: sample dataset failed validation: {problems[0]}")
-        stats = load_dataset_stats(sample.train_json)
-
+        sample, stats = _write_data(out)
     with _timed(summary, "train"):
         run_dir = out / "train"
         opts = sample.config_opts("demo_sample") + _precision_opts() + (QUICK_OPTS if quick else [])
-        train(
-            TrainRequest(
-                config_files=[str(resolve_config_path(DEMO_CONFIG))],
-                opts=opts,
-                output_dir=str(run_dir),
-                weights=weights,
-            )
-        )
-
+        opts += _schedule_opts(iterations)
+        config = str(resolve_config_path(DEMO_CONFIG))
+        train(TrainRequest([config], opts=opts, output_dir=str(run_dir), weights=weights))
     with _timed(summary, "evaluate"):
         results, results_path = run_evaluation(
             EvalRequest(
@@ -128,34 +115,16 @@ def run_demo(output_dir: str | os.PathLike, quick: bool = False, weights: str | 
             )
         )
         summary.segm_ap, summary.bbox_ap = results["segm"]["AP"], results["bbox"]["AP"]
-
     with _timed(summary, "predict"):
         predict_dir = out / "predict"
-        options = PredictOptions(
-            output_dir=str(predict_dir),
-            config_files=[str(run_dir / "config.yaml")],
-            weights=str(run_dir / "model_final.pth"),
-            # Shown to people, as Detectron2's demo does: confident instances only (the
-            # evaluate stage above scored every detection).
-            opts=["INSTSEG.PREDICT.SAVE_MASKS", "True", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5"],
-            existing="overwrite",
-            coco_json=str(sample.val_json),
-            progress=False,
-        )
-        prediction = predict(load_predict_cfg(options), sample.val_images, options)
-
+        settings, prediction = _predict_val_images(run_dir, sample, predict_dir)
     with _timed(summary, "video"):
-        clip = write_test_clip(
-            out / "sample" / "clip.mp4",
-            iter_sample_video_frames(VIDEO_FRAMES, size=VIDEO_SIZE, seed=1),
-            fps=VIDEO_FPS,
-            audio=True,
-        )
-        video = predict_video(load_predict_cfg(options), clip.path, out / "video")
-
+        video = _annotate_clip(settings, out)
     with _timed(summary, "semantic"):
-        semantic_section = _semantic_demo(out, sample, quick, summary)
-
+        semantic_iters = SEMANTIC_QUICK_ITERS if quick else SEMANTIC_ITERS
+        if iterations:
+            semantic_iters = max(20, iterations // 3)
+        semantic_section = _semantic_demo(out, sample, semantic_iters, summary)
     with _timed(summary, "report"):
         summary.report = _write_demo_report(
             out, stats, results, results_path, run_dir, sample, predict_dir, prediction, video,
@@ -164,12 +133,72 @@ def run_demo(output_dir: str | os.PathLike, quick: bool = False, weights: str | 
     return summary
 
 
-def _semantic_demo(out: Path, sample, quick: bool, summary: DemoSummary) -> ReportSection:
+def _schedule_opts(iterations: int | None) -> list[str]:
+    """A schedule of ``iterations`` shaped as the quick demo's: warm-up over the first 40% (it
+    must end before the first drop, whose value fvcore's warm-up would otherwise aim at), the
+    learning rate dropping at 80% and 94%."""
+    if not iterations:
+        return []
+    if iterations < 1:
+        raise ConfigError(f"--iterations must be >= 1, got {iterations}")
+    steps = f"({int(iterations * 0.8)}, {int(iterations * 0.94)})"
+    return [
+        "SOLVER.MAX_ITER", str(iterations), "SOLVER.STEPS", steps,
+        "SOLVER.WARMUP_ITERS", str(int(iterations * 0.4)), "TEST.EVAL_PERIOD", "0",
+    ]  # fmt: skip
+
+
+def _write_data(out: Path):
+    """The sample dataset, validated, and its statistics."""
+    sample = write_sample_dataset(out / "sample", seed=0)
+    for json_path, images in (
+        (sample.train_json, sample.train_images),
+        (sample.val_json, sample.val_images),
+    ):
+        problems = validate_coco_dataset(json_path, images)
+        if has_errors(problems):
+            raise ConfigError(f"{json_path}: sample dataset failed validation: {problems[0]}")
+    return sample, load_dataset_stats(sample.train_json)
+
+
+def _predict_val_images(run_dir: Path, sample, predict_dir: Path):
+    """(the inference settings, the job's result) of the trained model over the val images."""
+    from instseg.inference.runner import PredictOptions, load_predict_cfg, predict
+    from instseg.inference.settings import PredictSettings
+
+    options = PredictOptions(
+        output_dir=str(predict_dir),
+        config_files=[str(run_dir / "config.yaml")],
+        weights=str(run_dir / "model_final.pth"),
+        # Shown to people, as Detectron2's demo does: confident instances only (the
+        # evaluate stage above scored every detection).
+        opts=["INSTSEG.PREDICT.SAVE_MASKS", "True", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5"],
+        existing="overwrite",
+        coco_json=str(sample.val_json),
+        progress=False,
+    )
+    settings = PredictSettings.from_cfg(load_predict_cfg(options))
+    return settings, predict(settings, sample.val_images, options)
+
+
+def _annotate_clip(settings, out: Path):
+    """A generated clip with audio, annotated with tracks."""
+    from instseg.inference.video_sink import predict_video
+
+    clip = write_test_clip(
+        out / "sample" / "clip.mp4",
+        iter_sample_video_frames(VIDEO_FRAMES, size=VIDEO_SIZE, seed=1),
+        fps=VIDEO_FPS,
+        audio=True,
+    )
+    return predict_video(settings, clip.path, out / "video")
+
+
+def _semantic_demo(out: Path, sample, iters: int, summary: DemoSummary) -> ReportSection:
     """Train the small U-Net, predict the val images with it and with a classical method, and
     score both on the same masks (instseg.engine.semantic_metrics)."""
-    from instseg.inference.predict import PredictOptions, load_predict_cfg, predict
+    from instseg.inference.runner import PredictOptions, load_predict_cfg, predict
 
-    iters = SEMANTIC_QUICK_ITERS if quick else SEMANTIC_ITERS
     run_dir = out / "semantic" / "train"
     opts = sample.config_opts("demo_semantic") + [
         "SOLVER.MAX_ITER", str(iters), "TEST.EVAL_PERIOD", str(iters),
@@ -235,21 +264,7 @@ def _score_semantic(folders: dict[str, Path], run_dir: Path) -> dict[str, dict[s
 def _write_demo_report(
     out, stats, results, results_path, run_dir, sample, predict_dir, prediction, video, semantic
 ):
-    figures = out / "figures"
-    val_images = sorted(Path(sample.val_images).glob("*.jpg"))
-    annotated = [predict_dir / p.name for p in val_images if (predict_dir / p.name).is_file()]
-    grid = write_png(
-        figures / "predictions_grid.png",
-        make_grid([cv2.imread(str(p)) for p in annotated[:GRID_IMAGES]], columns=4),
-    )
-    panels = []
-    for image_path in val_images[:THREE_PANEL_IMAGES]:
-        original = cv2.imread(str(image_path))
-        ids = cv2.imread(str(predict_dir / f"{image_path.stem}.masks.png"), cv2.IMREAD_UNCHANGED)
-        overlay = cv2.imread(str(predict_dir / image_path.name))
-        panel = draw_three_panel(original, ids, overlay)
-        panels.append(write_png(figures / f"panels_{image_path.stem}.png", panel))
-
+    grid, panels = _prediction_figures(out / "figures", sample, predict_dir)
     sections = [
         ReportSection(
             "Data",
@@ -267,10 +282,8 @@ def _write_demo_report(
             "Training",
             images=[run_dir / "training_curves.png"],
             links=[
-                ("config.yaml", run_dir / "config.yaml"),
-                ("metrics.json", run_dir / "metrics.json"),
-                ("log.txt", run_dir / "log.txt"),
-                ("model_final.pth", run_dir / "model_final.pth"),
+                (name, run_dir / name)
+                for name in ("config.yaml", "metrics.json", "log.txt", "model_final.pth")
             ],
         ),
         ReportSection(
@@ -283,19 +296,40 @@ def _write_demo_report(
             ],
         ),
         ReportSection("Original / predicted masks / overlay", images=panels),
-        ReportSection(
-            "Annotated video",
-            f"{video.frames} frames at {video.fps:.0f} fps, {video.width}x{video.height}; "
-            f"{video.throughput:.1f} frames/s through the pipeline"
-            + (f"; objects tracked: {video.objects_text}" if video.tracks is not None else "")
-            + ".",
-            links=[
-                ("annotated video", Path(video.video)),
-                ("per-frame predictions (JSON lines)", Path(video.predictions)),
-            ]
-            + ([("tracks (MOTChallenge CSV)", Path(video.tracks))] if video.tracks else []),
-        ),
+        _video_section(video),
         semantic,
     ]
     md, _ = write_report(out, "instseg demo report", sections)
     return md
+
+
+def _prediction_figures(figures: Path, sample, predict_dir: Path) -> tuple[Path, list[Path]]:
+    """A grid of annotated val images and the first ones' three-panel figures."""
+    val_images = sorted(Path(sample.val_images).glob("*.jpg"))
+    annotated = [predict_dir / p.name for p in val_images if (predict_dir / p.name).is_file()]
+    grid = write_png(
+        figures / "predictions_grid.png",
+        make_grid([cv2.imread(str(p)) for p in annotated[:GRID_IMAGES]], columns=4),
+    )
+    panels = []
+    for image_path in val_images[:THREE_PANEL_IMAGES]:
+        original = cv2.imread(str(image_path))
+        ids = cv2.imread(str(predict_dir / f"{image_path.stem}.masks.png"), cv2.IMREAD_UNCHANGED)
+        overlay = cv2.imread(str(predict_dir / image_path.name))
+        panel = draw_three_panel(original, ids, overlay)
+        panels.append(write_png(figures / f"panels_{image_path.stem}.png", panel))
+    return grid, panels
+
+
+def _video_section(video) -> ReportSection:
+    tracked = f"; objects tracked: {video.objects_text}" if video.tracks is not None else ""
+    return ReportSection(
+        "Annotated video",
+        f"{video.frames} frames at {video.fps:.0f} fps, {video.width}x{video.height}; "
+        f"{video.throughput:.1f} frames/s through the pipeline{tracked}.",
+        links=[
+            ("annotated video", Path(video.video)),
+            ("per-frame predictions (JSON lines)", Path(video.predictions)),
+        ]
+        + ([("tracks (MOTChallenge CSV)", Path(video.tracks))] if video.tracks else []),
+    )

@@ -35,7 +35,7 @@ def collect_environment() -> list[tuple[str, str]]:
 
     from instseg import __version__
     from instseg.config import default_device
-    from instseg.engine.evaluator import has_compiled_ops, select_cocoeval_backend
+    from instseg.engine.coco_evaluation import has_compiled_ops, select_cocoeval_backend
     from instseg.engine.precision import resolve_precision
 
     rows = [

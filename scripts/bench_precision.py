@@ -27,7 +27,8 @@ from instseg.demo import QUICK_OPTS
 from instseg.engine.evaluate import EvalRequest, run_evaluation
 from instseg.engine.precision import cpu_fast_bf16
 from instseg.engine.trainer import TrainRequest, train
-from instseg.inference.predictor import BatchPredictor, load_model_config
+from instseg.inference.model import BatchPredictor
+from instseg.inference.settings import load_model_config
 from instseg.io.images import read_image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ run, for each network precision of ``--precisions`` (``INSTSEG.PREDICT.PRECISION
     in that precision; (a0), Detectron2's model unmodified in fp32, is printed for reference;
 (b) the naive loop of Detectron2's demo: ``cv2.imread``, ``DefaultPredictor``, ``Visualizer``,
     ``cv2.imwrite``, one image at a time (fp32: DefaultPredictor has no other precision);
-(c) :func:`instseg.predict.predict` in that precision with its default renderer (the fast
+(c) :func:`instseg.inference.runner.predict` in that precision with its default renderer (the fast
     one), and (v) the same with the Visualizer renderer that (b) draws with.
 
 Each figure is steady-state images/s: the first batch (or image) of each pays one-off start-up
@@ -52,8 +52,9 @@ from instseg.config import build_cfg  # noqa: E402
 from instseg.data.catalog import build_metadata  # noqa: E402
 from instseg.data.sample_data import render_sample_image  # noqa: E402
 from instseg.data.sample_shapes import CLASS_NAMES, JPEG_QUALITY  # noqa: E402
-from instseg.inference.predict import PredictOptions, predict  # noqa: E402
-from instseg.inference.predictor import BatchPredictor, load_model_config  # noqa: E402
+from instseg.inference.model import BatchPredictor  # noqa: E402
+from instseg.inference.runner import PredictOptions, predict  # noqa: E402
+from instseg.inference.settings import load_model_config  # noqa: E402
 
 DEFAULT_CONFIG = "configs/mask_rcnn_R50_FPN.yaml"
 RSS_CONFIG = "configs/demo_R18_FPN_cpu.yaml"

@@ -19,7 +19,7 @@ import torch
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
 
-from instseg.viz.render import build_renderer
+from instseg.viz.build import build_renderer
 
 CLASSES = ["person", "car", "dog", "bicycle", "bird"]
 

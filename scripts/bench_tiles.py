@@ -79,7 +79,7 @@ def scenes(work: Path, count: int, size: tuple[int, int], tile: int, overlap: fl
 
 
 def run_instseg(args, work: Path, tiled: bool) -> list[dict]:
-    from instseg.inference.predict import PredictOptions, load_predict_cfg, predict
+    from instseg.inference.runner import PredictOptions, load_predict_cfg, predict
 
     out = work / ("tiled" if tiled else "untiled")
     opts = ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(args.score)]
@@ -110,7 +110,7 @@ def run_sahi(args, work: Path) -> list[dict]:
     from sahi.models.detectron2 import Detectron2DetectionModel
     from sahi.predict import get_sliced_prediction
 
-    from instseg.inference.predictor import load_model_config
+    from instseg.inference.settings import load_model_config
 
     run = Path(args.run)
     cfg = load_model_config(

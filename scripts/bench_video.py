@@ -6,8 +6,8 @@ runs all of them in turn, so they see the same machine load; the median over rou
   a. model only: decoded, preprocessed frames straight into the model (batches of BATCH_SIZE);
   b. demo loop: cv2.VideoCapture -> DefaultPredictor -> VideoVisualizer -> cv2.VideoWriter
      (mp4v), one frame at a time, as Detectron2's demo does;
-  c. instseg.video.predict_video with the "visualizer" renderer;
-  d. instseg.video.predict_video with the "fast" renderer.
+  c. instseg.inference.video_sink.predict_video with the "visualizer" renderer;
+  d. instseg.inference.video_sink.predict_video with the "fast" renderer.
 
 Each figure is frames/s after a warm-up (the first model batch / frame). Prints ratios c/b, d/b,
 d/a, the tracker's time per frame over the model's (``track_over_model``, from (d)'s stage
@@ -45,9 +45,10 @@ from instseg.config import PROJECT_CONFIG_DIR, build_cfg
 from instseg.data.catalog import build_metadata
 from instseg.data.sample_shapes import CLASS_NAMES
 from instseg.data.sample_video import iter_sample_video_frames, tracking_clip
-from instseg.inference import video as video_module
-from instseg.inference.predictor import BatchPredictor, load_model_config
-from instseg.inference.video import predict_video
+from instseg.inference import video_sink as video_module
+from instseg.inference.model import BatchPredictor
+from instseg.inference.settings import PredictSettings, load_model_config
+from instseg.inference.video_sink import predict_video
 from instseg.io.clips import write_test_clip
 from instseg.io.video_reader import open_video
 
@@ -160,8 +161,9 @@ def pipeline(cfg, predictor, source, out_dir, renderer, merged, first, count, fp
     cfg.INSTSEG.VIDEO.MAX_FRAMES = count
     cfg.freeze()
     video_module._MERGE_RENDER_ENCODE = merged
+    settings = PredictSettings.from_cfg(cfg)
     result = predict_video(
-        cfg, source, out_dir, overwrite=True, predictor=predictor, progress=False
+        settings, source, out_dir, overwrite=True, model=predictor, progress=False
     )
     timed = result.frames - cfg.INSTSEG.PREDICT.BATCH_SIZE
     return timed, timed / result.throughput, result
@@ -177,7 +179,8 @@ def track_scores(run_dir: Path, folder: Path, num_frames: int = 60) -> dict:
         truth.append(objects)
     source = write_test_clip(folder / "tracking_clip.mp4", clip, fps=10.0).path
     cfg = load_model_config([str(run_dir / "config.yaml")], str(run_dir / "model_final.pth"))
-    result = predict_video(cfg, source, folder / "tracks", overwrite=True, progress=False)
+    settings = PredictSettings.from_cfg(cfg)
+    result = predict_video(settings, source, folder / "tracks", overwrite=True, progress=False)
     hypotheses = mm.io.loadtxt(str(result.tracks), fmt="mot15-2D")
     accumulator = mm.MOTAccumulator(auto_id=True)
     for index, objects in enumerate(truth):

@@ -176,12 +176,18 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=rank)  # stable: the order within each rank is the collection's
 
 
+# The demo's test schedule: every stage of `instseg demo`, with training cut to what a test
+# needs (a model that finds the sample shapes); `make demo` runs the full schedule.
+DEMO_TEST_ITERATIONS = 120
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """(output folder, stdout) of one `instseg demo --quick` run, as a newcomer runs it; its
-    model (train/model_final.pth, 250 iterations on the sample data) serves the tests that need
-    one that has learned something. It takes minutes, so under xdist the first worker to need
-    it runs it and the others wait for it (a lock in the folder the workers share)."""
+    """(output folder, stdout) of one `instseg demo --quick --iterations 120` run, as a newcomer
+    runs the demo; its model (train/model_final.pth) serves the tests that need one that has
+    learned something. It takes minutes, so under xdist the first worker to need it runs it and
+    the others wait for it (a lock in the folder the workers share); a failed run fails them all
+    at once instead of running again."""
     import fcntl
     import subprocess
     import sys
@@ -189,19 +195,17 @@ def demo_run(tmp_path_factory):
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the session's folder, above each worker's own
-    out, printed = root / "demo", root / "demo.stdout"
+    out, printed, failed = root / "demo", root / "demo.stdout", root / "demo.failed"
     with open(root / "demo.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not printed.exists():
+        if not printed.exists() and not failed.exists():
             out.mkdir(exist_ok=True)
-            proc = subprocess.run(
-                [sys.executable, "-m", "instseg.cli", "demo", "--quick", "--output", str(out)],
-                capture_output=True,
-                text=True,
-                timeout=1800,
-            )
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            printed.write_text(proc.stdout)
+            command = [sys.executable, "-m", "instseg.cli", "demo", "--quick", "--output", str(out)]
+            command += ["--iterations", str(DEMO_TEST_ITERATIONS)]
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+            target = printed if proc.returncode == 0 else failed
+            target.write_text(proc.stdout if proc.returncode == 0 else proc.stderr[-3000:])
+    assert not failed.exists(), failed.read_text()
     return out, printed.read_text()
 
 

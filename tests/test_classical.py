@@ -13,7 +13,7 @@ from instseg.cli import main
 from instseg.config import resolve_config_path
 from instseg.data.semantic import register_semantic_dataset, write_semantic_masks
 from instseg.engine.trainer import Trainer
-from instseg.inference.predictor import load_model_config
+from instseg.inference.settings import load_model_config
 from instseg.modeling.classical import METHODS, regions, segment
 
 

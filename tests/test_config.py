@@ -267,7 +267,7 @@ def test_a_python_tag_in_a_base_config_never_runs(tmp_path):
 
 
 def test_a_python_tag_in_the_run_config_beside_the_weights_never_runs(tmp_path):
-    from instseg.inference.predictor import load_model_config
+    from instseg.inference.settings import load_model_config
 
     marker = tmp_path / "marker"
     run_config = tmp_path / "config.yaml"

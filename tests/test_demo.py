@@ -1,4 +1,5 @@
-"""`instseg demo --quick` end to end, as a newcomer runs it: every artifact exists and is valid."""
+"""`instseg demo` end to end on its test schedule (`--quick --iterations 120`), as a newcomer runs
+it: every artifact exists and is valid."""
 
 import csv
 import json

@@ -5,7 +5,7 @@ import detectron2
 import torch
 
 from instseg.doctor import collect_environment, format_environment
-from instseg.engine.evaluator import BACKENDS, has_compiled_ops, select_cocoeval_backend
+from instseg.engine.coco_evaluation import BACKENDS, has_compiled_ops, select_cocoeval_backend
 
 
 def test_rows_report_installed_versions():

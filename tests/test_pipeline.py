@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from instseg.inference.frames import array_frames, image_frame
+from instseg.inference.model import BatchPredictor
 from instseg.inference.pipeline import STAGES, Frame, Pipeline, StageClock
-from instseg.inference.predictor import BatchPredictor, load_model_config
+from instseg.inference.settings import PredictSettings, load_model_config
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,14 @@ def predictor(trained_run):
     return BatchPredictor(cfg)
 
 
+def _settings(predictor, *opts) -> PredictSettings:
+    cfg = predictor.cfg.clone()
+    cfg.defrost()
+    cfg.merge_from_list(list(opts))
+    cfg.freeze()
+    return PredictSettings.from_cfg(cfg)
+
+
 def _frames(sample_dataset, tmp_path) -> list[Frame]:
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     paths = [sample_dataset.val_images / f"0000{i}.jpg" for i in range(3)]
@@ -34,7 +43,10 @@ def _frames(sample_dataset, tmp_path) -> list[Frame]:
 
 
 def test_frames_come_out_in_order_with_instances_by_score(predictor, sample_dataset, tmp_path):
-    pipeline = Pipeline(predictor, None, batch_size=2, queue_size=1)
+    pipeline = Pipeline(
+        predictor,
+        _settings(predictor, "INSTSEG.PREDICT.BATCH_SIZE", "2", "INSTSEG.PREDICT.QUEUE_SIZE", "1"),
+    )
     out = list(pipeline.frames(_frames(sample_dataset, tmp_path)))
     assert [f.rel for f in out] == ["00000.jpg", "broken.jpg", "00001.jpg", "00002.jpg"]
     broken = out[1]
@@ -51,14 +63,17 @@ def test_frames_come_out_in_order_with_instances_by_score(predictor, sample_data
 
 def test_class_filter(predictor):
     keep = [1]
-    pipeline = Pipeline(predictor, keep, batch_size=1, queue_size=2)
+    names = _settings(predictor).class_names
+    settings = _settings(predictor, "INSTSEG.PREDICT.CLASSES", repr([names[1]]))
+    assert settings.keep_classes == (1,)
+    pipeline = Pipeline(predictor, settings)
     image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     [frame] = pipeline.frames(array_frames([image]))
     assert set(frame.instances.pred_classes.tolist()) <= set(keep)
 
 
 def test_output_stages_run_in_order_and_are_timed(predictor, sample_dataset, tmp_path):
-    pipeline = Pipeline(predictor, None, batch_size=1, queue_size=1)
+    pipeline = Pipeline(predictor, _settings(predictor, "INSTSEG.PREDICT.QUEUE_SIZE", "1"))
     seen: list[tuple[str, str]] = []
     stages = [
         ("render", lambda f: seen.append(("render", f.rel))),
@@ -75,7 +90,9 @@ def test_output_stages_run_in_order_and_are_timed(predictor, sample_dataset, tmp
 
 
 def test_a_failing_output_stage_stops_every_stage(predictor, sample_dataset, tmp_path):
-    pipeline = Pipeline(predictor, None, batch_size=1, queue_size=1, name="failing")
+    pipeline = Pipeline(
+        predictor, _settings(predictor, "INSTSEG.PREDICT.QUEUE_SIZE", "1"), name="failing"
+    )
     calls = []
 
     def fails_on_second(frame):

@@ -10,7 +10,8 @@ from detectron2.structures import pairwise_iou
 from instseg.config import ConfigError
 from instseg.engine import precision as precision_module
 from instseg.engine.precision import resolve_precision
-from instseg.inference.predictor import BatchPredictor, load_model_config
+from instseg.inference.model import BatchPredictor
+from instseg.inference.settings import load_model_config
 from instseg.io.images import read_image
 
 

@@ -9,9 +9,9 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils import visualizer as d2_visualizer
 from detectron2.utils.video_visualizer import VideoVisualizer
 
+from instseg.viz.build import RENDERERS, build_renderer
 from instseg.viz.colors import image_colors
 from instseg.viz.fast_renderer import FastRenderer
-from instseg.viz.render import RENDERERS, build_renderer
 from instseg.viz.visualizer import VisualizerRenderer
 
 H, W = 90, 120

@@ -20,9 +20,9 @@ from instseg.engine.checkpoints import FinetuneCheckpointer
 from instseg.engine.evaluate import EvalRequest, format_results, run_evaluation
 from instseg.engine.trainer import Trainer, TrainRequest, train
 from instseg.inference.job import PredictOptions
-from instseg.inference.predict import predict
-from instseg.inference.predictor import load_model_config
-from instseg.inference.video import predict_video
+from instseg.inference.runner import predict
+from instseg.inference.settings import PredictSettings, load_model_config
+from instseg.inference.video_sink import predict_video
 from instseg.io.clips import write_test_clip
 from instseg.io.video_reader import open_video
 
@@ -128,7 +128,7 @@ def test_predict_video_writes_an_overlay_video_and_per_frame_classes(semantic_ru
     cfg = load_model_config([str(UNET_CONFIG)], str(run_dir / "model_final.pth"))
     frames = iter_sample_video_frames(6, size=(120, 160), seed=1)
     clip = write_test_clip(tmp_path / "clip.mp4", frames, fps=10.0).path
-    result = predict_video(cfg, clip, tmp_path / "out", progress=False)
+    result = predict_video(PredictSettings.from_cfg(cfg), clip, tmp_path / "out", progress=False)
     assert result.ok
     with open_video(result.video) as video:
         decoded = list(video)

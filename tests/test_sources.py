@@ -156,8 +156,8 @@ def test_images_and_videos_given_together_are_one_source(tmp_path):
 
 
 def test_arguments_before_the_first_key_are_sources(tmp_path, monkeypatch):
+    from instseg.cli.predict import split_sources
     from instseg.config import ConfigError
-    from instseg.predict_cli import split_sources
 
     assert split_sources(["b.jpg", "c/*.jpg", "MODEL.DEVICE", "cpu"]) == (
         ["b.jpg", "c/*.jpg"],

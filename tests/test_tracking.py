@@ -14,10 +14,11 @@ from detectron2.structures import Boxes, Instances
 
 from instseg.config import ConfigError, build_cfg
 from instseg.data.sample_video import noisy_detections, tracking_clip
-from instseg.inference.predictor import BatchPredictor, load_model_config
+from instseg.inference.model import BatchPredictor
+from instseg.inference.settings import PredictSettings, load_model_config
 from instseg.inference.track_log import TrackLog
 from instseg.inference.tracking import Tracker, TrackOptions
-from instseg.inference.video import predict_video
+from instseg.inference.video_sink import predict_video
 from instseg.io.clips import write_test_clip
 from instseg.viz.colors import track_colors
 from instseg.viz.fast_renderer import FastRenderer
@@ -187,9 +188,9 @@ def test_predicted_tracks_agree_between_jsonl_and_mot_csv(model_files, tmp_path)
     clip = write_test_clip(tmp_path / "clip.mp4", frames, fps=10, codec="auto").path
     # The suite's briefly trained model scores low: track what it finds.
     opts = ["INSTSEG.VIDEO.FRAME_STRIDE", "2", "INSTSEG.TRACK.MIN_SCORE", "0.1"]
-    cfg = load_model_config(*model_files, opts)
+    settings = PredictSettings.from_cfg(load_model_config(*model_files, opts))
     result = predict_video(
-        cfg, clip, tmp_path / "out", predictor=BatchPredictor(cfg), progress=False
+        settings, clip, tmp_path / "out", model=BatchPredictor(settings.cfg), progress=False
     )
     assert result.ok and result.tracks == tmp_path / "out" / "clip.tracks.csv"
 
@@ -232,14 +233,16 @@ def test_predicted_tracks_agree_between_jsonl_and_mot_csv(model_files, tmp_path)
 def test_tracking_off_writes_no_track_files_and_removes_old_ones(model_files, tmp_path):
     frames = [frame for frame, _ in tracking_clip(num_frames=3, size=SIZE)]
     clip = write_test_clip(tmp_path / "clip.mp4", frames, fps=10, codec="auto").path
-    tracked = load_model_config(*model_files)
-    predictor = BatchPredictor(tracked)
-    predict_video(tracked, clip, tmp_path / "out", predictor=predictor, progress=False)
+    tracked = PredictSettings.from_cfg(load_model_config(*model_files))
+    predictor = BatchPredictor(tracked.cfg)
+    predict_video(tracked, clip, tmp_path / "out", model=predictor, progress=False)
     assert (tmp_path / "out" / "clip.tracks.csv").is_file()
     # Redone without tracking: the earlier run's track files go with the outputs they matched.
-    cfg = load_model_config(*model_files, ["INSTSEG.TRACK.METHOD", "none"])
+    cfg = PredictSettings.from_cfg(
+        load_model_config(*model_files, ["INSTSEG.TRACK.METHOD", "none"])
+    )
     result = predict_video(
-        cfg, clip, tmp_path / "out", overwrite=True, predictor=predictor, progress=False
+        cfg, clip, tmp_path / "out", overwrite=True, model=predictor, progress=False
     )
     assert result.ok and result.tracks is None
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [

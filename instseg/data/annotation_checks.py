@@ -26,7 +26,7 @@ _NUMBER_TYPES = frozenset({int, float})
 
 
 @dataclass(frozen=True)
-class _ImageRecord:
+class ImageRecord:
     """What later checks need to know about one entry of ``images``."""
 
     index: int
@@ -43,11 +43,11 @@ class _ImageRecord:
 class AnnotationChecks:
     """Box and mask checks; the host class provides ``error`` and ``warning``."""
 
-    def _check_bbox(self, where: str, bbox: Any, image: _ImageRecord | None) -> None:
-        if not (isinstance(bbox, list) and len(bbox) == 4 and _first_non_number(bbox) is None):
+    def _check_bbox(self, where: str, bbox: Any, image: ImageRecord | None) -> None:
+        if not (isinstance(bbox, list) and len(bbox) == 4 and first_non_number(bbox) is None):
             self.error(
                 where,
-                f"must be [x, y, width, height] with 4 finite numbers, got {_describe(bbox)}",
+                f"must be [x, y, width, height] with 4 finite numbers, got {describe_value(bbox)}",
             )
             return
         x, y, width, height = bbox
@@ -65,9 +65,7 @@ class AnnotationChecks:
             box = ", ".join(_fmt(value) for value in bbox)
             self.error(where, f"box [{box}] extends outside the {image.width}x{image.height} image")
 
-    def _check_segmentation(
-        self, where: str, segmentation: Any, image: _ImageRecord | None
-    ) -> None:
+    def _check_segmentation(self, where: str, segmentation: Any, image: ImageRecord | None) -> None:
         if isinstance(segmentation, dict):
             self._check_rle(where, segmentation, image)
         elif isinstance(segmentation, list):
@@ -77,18 +75,21 @@ class AnnotationChecks:
                 self._check_polygon(f"{where}[{index}]", polygon, image)
         else:
             self.error(
-                where, f"must be a list of polygons or an RLE object, got {_describe(segmentation)}"
+                where,
+                f"must be a list of polygons or an RLE object, got {describe_value(segmentation)}",
             )
 
-    def _check_polygon(self, where: str, polygon: Any, image: _ImageRecord | None) -> None:
+    def _check_polygon(self, where: str, polygon: Any, image: ImageRecord | None) -> None:
         if not isinstance(polygon, list):
-            self.error(where, f"must be an array of x, y coordinates, got {_describe(polygon)}")
+            self.error(
+                where, f"must be an array of x, y coordinates, got {describe_value(polygon)}"
+            )
             return
-        bad_index = _first_non_number(polygon)
+        bad_index = first_non_number(polygon)
         if bad_index is not None:
             self.error(
                 f"{where}[{bad_index}]",
-                f"must be a finite number, got {_describe(polygon[bad_index])}",
+                f"must be a finite number, got {describe_value(polygon[bad_index])}",
             )
         num_coordinates = len(polygon)
         if num_coordinates % 2:
@@ -98,7 +99,7 @@ class AnnotationChecks:
         if bad_index is None and num_coordinates % 2 == 0 and image is not None and image.has_size:
             self._check_polygon_inside(where, polygon, image)
 
-    def _check_polygon_inside(self, where: str, polygon: list, image: _ImageRecord) -> None:
+    def _check_polygon_inside(self, where: str, polygon: list, image: ImageRecord) -> None:
         """Warn about points off the image: masks get clipped, but it often means swapped x/y."""
         xs, ys = polygon[0::2], polygon[1::2]
         x_limit, y_limit = image.width + BOX_TOLERANCE_PX, image.height + BOX_TOLERANCE_PX
@@ -121,7 +122,7 @@ class AnnotationChecks:
             f"point ({_fmt(x)}, {_fmt(y)}) lies outside the {image.width}x{image.height} image",
         )
 
-    def _check_rle(self, where: str, rle: dict, image: _ImageRecord | None) -> None:
+    def _check_rle(self, where: str, rle: dict, image: ImageRecord | None) -> None:
         missing = [key for key in ("counts", "size") if key not in rle]
         for key in missing:
             self.error(where, f"RLE is missing '{key}'")
@@ -131,13 +132,13 @@ class AnnotationChecks:
         size_ok = (
             isinstance(size, list)
             and len(size) == 2
-            and all(_is_int(v) and 0 < v <= MAX_IMAGE_SIDE for v in size)
+            and all(is_int(v) and 0 < v <= MAX_IMAGE_SIDE for v in size)
         )
         if not size_ok:
             self.error(
                 f"{where}.size",
                 f"must be [height, width] with positive integers up to {MAX_IMAGE_SIDE}, "
-                f"got {_describe(size)}",
+                f"got {describe_value(size)}",
             )
         elif image is not None and image.has_size and size != [image.height, image.width]:
             self.error(
@@ -158,26 +159,27 @@ class AnnotationChecks:
         """Return the run lengths, or None after reporting why they are unusable."""
         if isinstance(counts, str):
             try:
-                return _decode_compressed_counts(counts)
+                return decode_compressed_counts(counts)
             except ValueError as exc:
                 self.error(where, f"malformed compressed RLE: {exc}")
                 return None
         if isinstance(counts, list):
             for index, run in enumerate(counts):
-                if not (_is_int(run) and run >= 0):
+                if not (is_int(run) and run >= 0):
                     self.error(
-                        f"{where}[{index}]", f"must be a non-negative integer, got {_describe(run)}"
+                        f"{where}[{index}]",
+                        f"must be a non-negative integer, got {describe_value(run)}",
                     )
                     return None
             return counts
         self.error(
             where,
-            f"must be a compressed string or an array of run lengths, got {_describe(counts)}",
+            f"must be a compressed string or an array of run lengths, got {describe_value(counts)}",
         )
         return None
 
 
-def _decode_compressed_counts(counts: str) -> list[int]:
+def decode_compressed_counts(counts: str) -> list[int]:
     """Decode COCO's compressed RLE string, rejecting input the C decoder would misread.
 
     The reference decoder does no validation, so a damaged string produces garbage masks
@@ -208,19 +210,19 @@ def _decode_compressed_counts(counts: str) -> list[int]:
     return runs
 
 
-def _entry_label(section: str, index: int, entry: Any) -> str:
+def entry_label(section: str, index: int, entry: Any) -> str:
     """Name an array entry by position and, when it has a usable one, by id."""
     entry_id = entry.get("id") if isinstance(entry, dict) else None
-    if _is_int(entry_id):
+    if is_int(entry_id):
         return f"{section}[{index}] (id={entry_id})"
     return f"{section}[{index}]"
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
@@ -228,7 +230,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value)
 
 
-def _first_non_number(values: list) -> int | None:
+def first_non_number(values: list) -> int | None:
     """Index of the first element that is not a finite number, or None."""
     # Fast path for the common all-numeric case: type scan and sum run at C speed.
     try:
@@ -236,7 +238,7 @@ def _first_non_number(values: list) -> int | None:
             return None
     except OverflowError:
         pass
-    return next((index for index, value in enumerate(values) if not _is_number(value)), None)
+    return next((index for index, value in enumerate(values) if not is_number(value)), None)
 
 
 def _fmt(number: float) -> str:
@@ -245,7 +247,7 @@ def _fmt(number: float) -> str:
     return f"{number:.3f}".rstrip("0").rstrip(".")
 
 
-def _describe(value: Any, max_chars: int = 60) -> str:
+def describe_value(value: Any, max_chars: int = 60) -> str:
     """Short JSON-flavoured description of a value for messages."""
     if value is None:
         return "null"

@@ -9,7 +9,7 @@ import re
 
 from PIL import Image, UnidentifiedImageError
 
-from instseg.data.annotation_checks import _ImageRecord
+from instseg.data.annotation_checks import ImageRecord
 from instseg.io.images import DEFAULT_MAX_PIXELS, exif_transposes, jpeg_has_end_marker
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ class ImageFileChecks:
     def _limit(self) -> str:
         return f"{self.max_pixels / 1e6:g} megapixels (INSTSEG.MAX_IMAGE_PIXELS)"
 
-    def _check_image_file(self, path: str, record: _ImageRecord) -> None:
+    def _check_image_file(self, path: str, record: ImageRecord) -> None:
         label = record.label
         try:
             with Image.open(path) as image:

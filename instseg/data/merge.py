@@ -48,47 +48,62 @@ def merge_coco(
         categories = _map_categories(path, coco["categories"], category_ids, merged.coco)
         licenses = _map_licenses(coco.get("licenses") or [], license_ids, merged.coco)
         prefix = prefixes[index].strip("/") if prefixes else ""
-        images = {}
-        for image in coco["images"]:
-            if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
-                raise ConfigError(f"{path}: image entry without 'id' and 'file_name': {image!r}")
-            file_name = f"{prefix}/{image['file_name']}" if prefix else str(image["file_name"])
-            if file_name in seen_files:
-                raise ConfigError(
-                    f"{path}: image {file_name!r} is also in {seen_files[file_name]}; "
-                    "give each input its own folder with --prefix"
-                )
-            seen_files[file_name] = path
-            if image["id"] in images:
-                raise ConfigError(f"{path}: image id {image['id']} appears twice")
-            new = dict(image, id=len(merged.coco["images"]) + 1, file_name=file_name)
-            if "license" in image:
-                new["license"] = licenses.get(image["license"], image["license"])
-            images[image["id"]] = new["id"]
-            merged.coco["images"].append(new)
-        for ann in coco["annotations"]:
-            if not isinstance(ann, dict):
-                raise ConfigError(f"{path}: annotation entry is not an object: {ann!r}")
-            if ann.get("image_id") not in images:
-                raise ConfigError(
-                    f"{path}: annotation {ann.get('id')} refers to image id "
-                    f"{ann.get('image_id')!r}, which is not in the file"
-                )
-            if ann.get("category_id") not in categories:
-                raise ConfigError(
-                    f"{path}: annotation {ann.get('id')} has category id "
-                    f"{ann.get('category_id')!r}, which is not in the file's categories"
-                )
-            merged.coco["annotations"].append(
-                dict(
-                    ann,
-                    id=len(merged.coco["annotations"]) + 1,
-                    image_id=images[ann["image_id"]],
-                    category_id=categories[ann["category_id"]],
-                )
-            )
+        images = _add_images(path, coco["images"], prefix, licenses, seen_files, merged.coco)
+        _add_annotations(path, coco["annotations"], images, categories, merged.coco)
         merged.counts.append((path, len(coco["images"]), len(coco["annotations"])))
     return merged
+
+
+def _add_images(
+    path: Path, images: list, prefix: str, licenses: dict, seen_files: dict, out: dict
+) -> dict:
+    """Append ``path``'s images to ``out`` with new ids; returns old id -> new id."""
+    ids = {}
+    for image in images:
+        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+            raise ConfigError(f"{path}: image entry without 'id' and 'file_name': {image!r}")
+        file_name = f"{prefix}/{image['file_name']}" if prefix else str(image["file_name"])
+        if file_name in seen_files:
+            raise ConfigError(
+                f"{path}: image {file_name!r} is also in {seen_files[file_name]}; "
+                "give each input its own folder with --prefix"
+            )
+        seen_files[file_name] = path
+        if image["id"] in ids:
+            raise ConfigError(f"{path}: image id {image['id']} appears twice")
+        new = dict(image, id=len(out["images"]) + 1, file_name=file_name)
+        if "license" in image:
+            new["license"] = licenses.get(image["license"], image["license"])
+        ids[image["id"]] = new["id"]
+        out["images"].append(new)
+    return ids
+
+
+def _add_annotations(
+    path: Path, annotations: list, images: dict, categories: dict, out: dict
+) -> None:
+    """Append ``path``'s annotations to ``out``, renumbered and pointing at the merged ids."""
+    for ann in annotations:
+        if not isinstance(ann, dict):
+            raise ConfigError(f"{path}: annotation entry is not an object: {ann!r}")
+        if ann.get("image_id") not in images:
+            raise ConfigError(
+                f"{path}: annotation {ann.get('id')} refers to image id "
+                f"{ann.get('image_id')!r}, which is not in the file"
+            )
+        if ann.get("category_id") not in categories:
+            raise ConfigError(
+                f"{path}: annotation {ann.get('id')} has category id "
+                f"{ann.get('category_id')!r}, which is not in the file's categories"
+            )
+        out["annotations"].append(
+            dict(
+                ann,
+                id=len(out["annotations"]) + 1,
+                image_id=images[ann["image_id"]],
+                category_id=categories[ann["category_id"]],
+            )
+        )
 
 
 def _map_categories(path: Path, categories: list, ids: dict[str, int], out: dict) -> dict:

@@ -25,11 +25,10 @@ import cv2
 import numpy as np
 
 from instseg.data.sample_shapes import (
-    _CONTOUR_TOLERANCE,
-    _CONTOUR_UPSAMPLE,
-    _CONTRAST_TRIES,
-    _SENSOR_NOISE_SIGMA,
     CLASS_NAMES,
+    CONTOUR_TOLERANCE,
+    CONTOUR_UPSAMPLE,
+    CONTRAST_TRIES,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_NUM_TRAIN,
     DEFAULT_NUM_VAL,
@@ -40,13 +39,14 @@ from instseg.data.sample_shapes import (
     MIN_OBJECTS_PER_IMAGE,
     MIN_VISIBLE_AREA,
     MIN_VISIBLE_FRACTION,
+    SENSOR_NOISE_SIGMA,
     SceneObject,
-    _contrast,
-    _mean_color,
-    _random_color,
-    _rasterize,
-    _texture_patch,
+    color_contrast,
+    mean_color,
+    random_bgr_color,
     random_scene_object,
+    rasterize,
+    texture_patch,
     with_random_appearance,
 )
 
@@ -88,12 +88,12 @@ def draw_scene(
     image = background.copy()
     owner = np.full((height, width), -1, dtype=np.int16)
     for index, obj in enumerate(objects):
-        raster = _rasterize(obj, height, width)
+        raster = rasterize(obj, height, width)
         if raster is None:
             continue
         x0, y0, local_mask = raster
         patch_h, patch_w = local_mask.shape
-        texture = _texture_patch(obj, x0, y0, patch_h, patch_w)
+        texture = texture_patch(obj, x0, y0, patch_h, patch_w)
         region = image[y0 : y0 + patch_h, x0 : x0 + patch_w]
         region[local_mask] = np.clip(texture[local_mask] + 0.5, 0, 255).astype(np.uint8)
         owner[y0 : y0 + patch_h, x0 : x0 + patch_w][local_mask] = index
@@ -111,8 +111,8 @@ def make_background(rng: np.random.Generator, height: int, width: int) -> np.nda
     direction = rng.uniform(0.0, 2.0 * math.pi)
     ramp = xx * math.cos(direction) + yy * math.sin(direction)
     ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1.0)
-    start = np.asarray(_random_color(rng, (0.0, 0.6), (0.25, 0.9)), dtype=np.float32)
-    end = np.asarray(_random_color(rng, (0.0, 0.6), (0.25, 0.9)), dtype=np.float32)
+    start = np.asarray(random_bgr_color(rng, (0.0, 0.6), (0.25, 0.9)), dtype=np.float32)
+    end = np.asarray(random_bgr_color(rng, (0.0, 0.6), (0.25, 0.9)), dtype=np.float32)
     canvas = start + ramp[..., None] * (end - start)
 
     coarse_cells = int(rng.integers(3, 8))
@@ -132,7 +132,7 @@ def make_background(rng: np.random.Generator, height: int, width: int) -> np.nda
             step = rng.uniform(-0.35, 0.35, size=2) * (width, height)
             points.append(points[-1] + step)
         polyline = np.round(np.asarray(points)).astype(np.int32)
-        stroke_color = _random_color(rng, (0.0, 1.0), (0.1, 1.0))
+        stroke_color = random_bgr_color(rng, (0.0, 1.0), (0.1, 1.0))
         thickness = int(rng.integers(1, 3))
         cv2.polylines(background, [polyline], False, stroke_color, thickness, cv2.LINE_AA)
     return background
@@ -148,7 +148,7 @@ def _paint_blob(rng: np.random.Generator, canvas: np.ndarray, height: int, width
     points = center + np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
     sigma = max(radius / 3.0, 2.0)
     strength = rng.uniform(0.3, 0.65)
-    color = np.asarray(_random_color(rng, (0.0, 0.8), (0.15, 0.95)), dtype=np.float32)
+    color = np.asarray(random_bgr_color(rng, (0.0, 0.8), (0.15, 0.95)), dtype=np.float32)
     # Only the blob's neighbourhood (polygon plus blur reach) is touched.
     reach = radius + 3.0 * sigma
     x0, y0 = max(int(center[0] - reach), 0), max(int(center[1] - reach), 0)
@@ -189,7 +189,7 @@ def sample_scene_objects(
         if len(objects) >= count:
             break
         candidate = random_scene_object(rng, height, width)
-        raster = _rasterize(candidate, height, width)
+        raster = rasterize(candidate, height, width)
         if raster is None:
             continue
         x0, y0, local_mask = raster
@@ -211,15 +211,15 @@ def sample_scene_objects(
                 break
         if acceptable:
             underneath = underlay[y0 : y0 + patch_h, x0 : x0 + patch_w][local_mask]
-            best_contrast = _contrast(candidate, underneath)
-            for _ in range(_CONTRAST_TRIES):
+            best_contrast = color_contrast(candidate, underneath)
+            for _ in range(CONTRAST_TRIES):
                 if best_contrast >= MIN_OBJECT_CONTRAST:
                     break
                 recoloured = with_random_appearance(rng, candidate)
-                contrast = _contrast(recoloured, underneath)
+                contrast = color_contrast(recoloured, underneath)
                 if contrast > best_contrast:
                     candidate, best_contrast = recoloured, contrast
-            underlay[y0 : y0 + patch_h, x0 : x0 + patch_w][local_mask] = _mean_color(candidate)
+            underlay[y0 : y0 + patch_h, x0 : x0 + patch_w][local_mask] = mean_color(candidate)
             objects.append(candidate)
             full_areas.append(full_area)
             owner = trial
@@ -237,14 +237,14 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
         return []
     y0, x0 = int(rows[0]), int(cols[0])
     crop = mask[y0 : rows[-1] + 1, x0 : cols[-1] + 1].astype(np.uint8)
-    scale = _CONTOUR_UPSAMPLE
+    scale = CONTOUR_UPSAMPLE
     # A zero border keeps contours off the array edge.
     upsampled = np.zeros(((crop.shape[0] + 2) * scale, (crop.shape[1] + 2) * scale), np.uint8)
     upsampled[scale:-scale, scale:-scale] = np.kron(crop, np.ones((scale, scale), np.uint8))
     contours, _ = cv2.findContours(upsampled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     polygons = []
     for contour in contours:
-        simplified = cv2.approxPolyDP(contour, _CONTOUR_TOLERANCE, True)
+        simplified = cv2.approxPolyDP(contour, CONTOUR_TOLERANCE, True)
         if len(simplified) < 3:
             simplified = contour
         points = simplified.reshape(-1, 2)
@@ -301,7 +301,7 @@ def render_sample_image(
     count = int(rng.integers(MIN_OBJECTS_PER_IMAGE, MAX_OBJECTS_PER_IMAGE + 1))
     objects = sample_scene_objects(rng, background, count)
     image, visible_masks = draw_scene(background, objects)
-    noise = rng.standard_normal(image.shape, dtype=np.float32) * _SENSOR_NOISE_SIGMA
+    noise = rng.standard_normal(image.shape, dtype=np.float32) * SENSOR_NOISE_SIGMA
     image = np.clip(image.astype(np.float32) + noise + 0.5, 0, 255).astype(np.uint8)
     return image, scene_annotations(objects, visible_masks)
 

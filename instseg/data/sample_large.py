@@ -19,16 +19,16 @@ import numpy as np
 
 from instseg.data.sample_data import make_background, mask_to_polygons
 from instseg.data.sample_shapes import (
-    _CONTRAST_TRIES,
-    _SENSOR_NOISE_SIGMA,
     CLASS_NAMES,
+    CONTRAST_TRIES,
     JPEG_QUALITY,
     MIN_OBJECT_CONTRAST,
+    SENSOR_NOISE_SIGMA,
     SceneObject,
-    _contrast,
-    _rasterize,
-    _texture_patch,
+    color_contrast,
     random_scene_object,
+    rasterize,
+    texture_patch,
     with_random_appearance,
 )
 
@@ -68,6 +68,57 @@ def _annotation(obj: SceneObject, x0: int, y0: int, mask: np.ndarray) -> dict:
     }
 
 
+class _Canvas:
+    """A scene being filled: objects go where they overlap nothing placed before (with a gap),
+    each recoloured until it stands out from what it covers."""
+
+    def __init__(self, rng: np.random.Generator, height: int, width: int) -> None:
+        self.rng, self.height, self.width = rng, height, width
+        self.image = make_background(rng, height, width).copy()
+        self.taken: list[tuple[int, int, int, int]] = []
+        self.annotations: list[dict] = []
+        self.masks: list[tuple[int, int, np.ndarray]] = []
+
+    def place(self, sizes: tuple[float, float], line: tuple[str, int] | None, tries=50) -> bool:
+        """One object of a diameter in ``sizes``, centred on ``line`` (("x" or "y", position))
+        when given; False when ``tries`` candidates all overlapped or left the scene."""
+        for _ in range(tries):
+            obj = random_scene_object(self.rng, self.height, self.width)
+            diameter = float(self.rng.uniform(*sizes))
+            x, y = obj.center
+            if line is not None:
+                x, y = (line[1], y) if line[0] == "x" else (x, line[1])
+            obj = dataclasses.replace(obj, size=diameter, center=(float(x), float(y)))
+            raster = rasterize(obj, self.height, self.width)
+            if raster is not None and self._free(*raster):
+                self._paint(obj, *raster)
+                return True
+        return False
+
+    def _box(self, x0: int, y0: int, mask: np.ndarray) -> tuple[int, int, int, int]:
+        return (x0 - _GAP, y0 - _GAP, x0 + mask.shape[1] + _GAP, y0 + mask.shape[0] + _GAP)
+
+    def _free(self, x0: int, y0: int, mask: np.ndarray) -> bool:
+        box = self._box(x0, y0, mask)
+        inside = x0 > 0 and y0 > 0 and box[2] < self.width and box[3] < self.height
+        return inside and not any(
+            box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in self.taken
+        )
+
+    def _paint(self, obj, x0: int, y0: int, mask: np.ndarray) -> None:
+        region = self.image[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]]
+        under = region[mask].astype(np.float32)
+        for _ in range(CONTRAST_TRIES):
+            if color_contrast(obj, under) >= MIN_OBJECT_CONTRAST:
+                break
+            obj = with_random_appearance(self.rng, obj)
+        texture = texture_patch(obj, x0, y0, *mask.shape)
+        region[mask] = np.clip(texture[mask] + 0.5, 0, 255).astype(np.uint8)
+        self.taken.append(self._box(x0, y0, mask))
+        self.annotations.append(_annotation(obj, x0, y0, mask))
+        self.masks.append((x0, y0, mask))
+
+
 def render_large_scene(
     seed: int,
     size: tuple[int, int] = (3000, 4000),
@@ -82,56 +133,19 @@ def render_large_scene(
     ``num_small`` more small ones anywhere free."""
     height, width = size
     rng = np.random.default_rng(seed)
-    background = make_background(rng, height, width)
-    image = background.copy()
-    taken: list[tuple[int, int, int, int]] = []
-    annotations: list[dict] = []
-    masks: list[tuple[int, int, np.ndarray]] = []
+    canvas = _Canvas(rng, height, width)
     straddling: list[int] = []
     lines = [("x", c) for c in cuts_x] + [("y", c) for c in cuts_y]
-
-    def place(sizes: tuple[float, float], line: tuple[str, int] | None, tries: int = 50) -> bool:
-        for _ in range(tries):
-            obj = random_scene_object(rng, height, width)
-            diameter = float(rng.uniform(*sizes))
-            x, y = obj.center
-            if line is not None:
-                x, y = (line[1], y) if line[0] == "x" else (x, line[1])
-            obj = dataclasses.replace(obj, size=diameter, center=(float(x), float(y)))
-            raster = _rasterize(obj, height, width)
-            if raster is None:
-                continue
-            x0, y0, mask = raster
-            box = (x0 - _GAP, y0 - _GAP, x0 + mask.shape[1] + _GAP, y0 + mask.shape[0] + _GAP)
-            inside = x0 > 0 and y0 > 0 and box[2] < width and box[3] < height
-            if not inside or any(
-                box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken
-            ):
-                continue
-            region = image[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]]
-            under = region[mask].astype(np.float32)
-            for _ in range(_CONTRAST_TRIES):
-                if _contrast(obj, under) >= MIN_OBJECT_CONTRAST:
-                    break
-                obj = with_random_appearance(rng, obj)
-            texture = _texture_patch(obj, x0, y0, *mask.shape)
-            region[mask] = np.clip(texture[mask] + 0.5, 0, 255).astype(np.uint8)
-            taken.append(box)
-            annotations.append(_annotation(obj, x0, y0, mask))
-            masks.append((x0, y0, mask))
-            return True
-        return False
-
     for _ in range(num_large):
-        place(LARGE_SIZES, None)
+        canvas.place(LARGE_SIZES, None)
     for k in range(num_straddling if lines else 0):
-        if place(SMALL_SIZES, lines[k % len(lines)]):
-            straddling.append(len(annotations) - 1)
+        if canvas.place(SMALL_SIZES, lines[k % len(lines)]):
+            straddling.append(len(canvas.annotations) - 1)
     for _ in range(num_small):
-        place(SMALL_SIZES, None)
-    noise = rng.standard_normal(image.shape, dtype=np.float32) * _SENSOR_NOISE_SIGMA
-    image = np.clip(image.astype(np.float32) + noise + 0.5, 0, 255).astype(np.uint8)
-    return LargeScene(image, annotations, masks, straddling)
+        canvas.place(SMALL_SIZES, None)
+    noise = rng.standard_normal(canvas.image.shape, dtype=np.float32) * SENSOR_NOISE_SIGMA
+    image = np.clip(canvas.image.astype(np.float32) + noise + 0.5, 0, 255).astype(np.uint8)
+    return LargeScene(image, canvas.annotations, canvas.masks, straddling)
 
 
 def write_large_scene(folder: str | Path, scene: LargeScene, name: str = "large.jpg") -> Path:

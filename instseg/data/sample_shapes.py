@@ -40,19 +40,19 @@ CLASS_HUE_SPREAD = 0.14
 # is visible to a person, as in a real dataset (camouflaged objects would be label noise here).
 MIN_OBJECT_CONTRAST = 60.0
 # Colour draws per object before the most contrasting one is kept.
-_CONTRAST_TRIES = 12
+CONTRAST_TRIES = 12
 # Contours are traced on a mask upsampled by this factor so polygons follow the pixel edges (a
 # polygon through boundary pixel centres re-rasterises a pixel ring too small).
-_CONTOUR_UPSAMPLE = 4
+CONTOUR_UPSAMPLE = 4
 # Polygon simplification tolerance in upsampled pixels (0.375 px): small enough to keep
 # single-pixel steps, so polygons re-rasterise to the mask's exact pixel count.
-_CONTOUR_TOLERANCE = 1.5
+CONTOUR_TOLERANCE = 1.5
 # cv2.fillPoly fixed-point bits, so sub-pixel vertices (smooth rotation in videos) are honoured.
 _FILL_SHIFT = 4
 # Exponent on the uniform draw of log-size; below 1 it favours mid-sized objects.
 _SIZE_SKEW = 0.5
 # Sensor noise on finished images, so object interiors are not perfectly flat.
-_SENSOR_NOISE_SIGMA = 3.0
+SENSOR_NOISE_SIGMA = 3.0
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def _hsv_to_bgr(hue: float, saturation: float, value: float) -> tuple[int, int, 
     return (round(blue * 255), round(green * 255), round(red * 255))
 
 
-def _random_color(
+def random_bgr_color(
     rng: np.random.Generator, saturation: tuple[float, float], value: tuple[float, float]
 ) -> tuple[int, int, int]:
     return _hsv_to_bgr(rng.uniform(0.0, 1.0), rng.uniform(*saturation), rng.uniform(*value))
@@ -204,16 +204,16 @@ def with_random_appearance(rng: np.random.Generator, obj: SceneObject) -> SceneO
     )
 
 
-def _mean_color(obj: SceneObject) -> np.ndarray:
+def mean_color(obj: SceneObject) -> np.ndarray:
     return (np.asarray(obj.color, np.float32) + np.asarray(obj.texture_color, np.float32)) / 2.0
 
 
-def _contrast(obj: SceneObject, underneath: np.ndarray) -> float:
+def color_contrast(obj: SceneObject, underneath: np.ndarray) -> float:
     """Mean BGR distance between the object's average colour and the (N, 3) pixels it covers."""
-    return float(np.linalg.norm(underneath - _mean_color(obj), axis=1).mean())
+    return float(np.linalg.norm(underneath - mean_color(obj), axis=1).mean())
 
 
-def _rasterize(obj: SceneObject, height: int, width: int) -> tuple[int, int, np.ndarray] | None:
+def rasterize(obj: SceneObject, height: int, width: int) -> tuple[int, int, np.ndarray] | None:
     """The object's mask inside its clipped bounding box: (x0, y0, bool mask), or None if off-image."""
     outline = obj.outline()
     x0 = max(int(math.floor(outline[:, 0].min())) - 1, 0)
@@ -231,7 +231,7 @@ def _rasterize(obj: SceneObject, height: int, width: int) -> tuple[int, int, np.
     return x0, y0, local_mask.astype(bool)
 
 
-def _texture_patch(obj: SceneObject, x0: int, y0: int, height: int, width: int) -> np.ndarray:
+def texture_patch(obj: SceneObject, x0: int, y0: int, height: int, width: int) -> np.ndarray:
     """BGR float32 texture for a (height, width) patch at (x0, y0), fixed to the object's frame."""
     xs = np.arange(x0, x0 + width, dtype=np.float32) + np.float32(0.5 - obj.center[0])
     ys = np.arange(y0, y0 + height, dtype=np.float32) + np.float32(0.5 - obj.center[1])

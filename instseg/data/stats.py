@@ -13,10 +13,10 @@ from tabulate import tabulate
 
 from instseg.data.annotation_checks import (
     MAX_IMAGE_SIDE,
-    _decode_compressed_counts,
-    _first_non_number,
-    _is_int,
-    _is_number,
+    decode_compressed_counts,
+    first_non_number,
+    is_int,
+    is_number,
 )
 from instseg.data.validate import REQUIRED_TOP_LEVEL_KEYS
 from instseg.errors import ConfigError
@@ -74,6 +74,45 @@ def load_dataset_stats(json_path: str | os.PathLike) -> DatasetStats:
     Meant for datasets that pass validation; entries it cannot interpret are skipped.
     Raises ConfigError (one line naming the file) when the file is not a COCO dataset at all.
     """
+    dataset = _load_coco_dict(json_path)
+    images_by_id = {
+        image["id"]: image
+        for image in dataset["images"]
+        if isinstance(image, dict) and is_int(image.get("id"))
+    }
+    names_by_category_id: dict[int, str] = {}
+    for category in dataset["categories"]:
+        if isinstance(category, dict) and is_int(category.get("id")):
+            name = category.get("name")
+            if not isinstance(name, str) or not name.strip():
+                name = f"<unnamed {category['id']}>"
+            names_by_category_id.setdefault(category["id"], name)
+    counts = _AnnotationCounts(names_by_category_id)
+    for annotation in dataset["annotations"]:
+        if isinstance(annotation, dict):
+            counts.add(annotation, images_by_id)
+    classes = tuple(
+        ClassStats(
+            category_id=category_id,
+            name=names_by_category_id[category_id],
+            instances=counts.instances[category_id],
+            sizes=SizeCounts(*counts.sizes[category_id]),
+        )
+        for category_id in sorted(names_by_category_id)
+    )
+    return DatasetStats(
+        num_images=len(dataset["images"]),
+        num_annotations=len(dataset["annotations"]),
+        num_images_without_annotations=sum(
+            image_id not in counts.image_ids for image_id in images_by_id
+        ),
+        classes=classes,
+        sizes=SizeCounts(*counts.overall),
+    )
+
+
+def _load_coco_dict(json_path: str | os.PathLike) -> dict:
+    """The dataset JSON, checked to have the COCO arrays; one ConfigError line otherwise."""
     try:
         with open(json_path, encoding="utf-8") as json_file:
             dataset = json.load(json_file)
@@ -92,60 +131,34 @@ def load_dataset_stats(json_path: str | os.PathLike) -> DatasetStats:
             f"{os.fspath(json_path)}: not a COCO dataset (needs 'images', 'annotations' and "
             "'categories' arrays); validate it for details"
         )
-    images_by_id = {
-        image["id"]: image
-        for image in dataset["images"]
-        if isinstance(image, dict) and _is_int(image.get("id"))
-    }
-    names_by_category_id: dict[int, str] = {}
-    for category in dataset["categories"]:
-        if isinstance(category, dict) and _is_int(category.get("id")):
-            name = category.get("name")
-            if not isinstance(name, str) or not name.strip():
-                name = f"<unnamed {category['id']}>"
-            names_by_category_id.setdefault(category["id"], name)
+    return dataset
 
-    instances_by_category_id = dict.fromkeys(names_by_category_id, 0)
-    sizes_by_category_id = {category_id: [0, 0, 0] for category_id in names_by_category_id}
-    overall_sizes = [0, 0, 0]
-    annotated_image_ids = set()
-    for annotation in dataset["annotations"]:
-        if not isinstance(annotation, dict):
-            continue
+
+class _AnnotationCounts:
+    """Instances and size buckets per category, overall sizes, and the annotated image ids."""
+
+    def __init__(self, names_by_category_id: dict[int, str]) -> None:
+        self.instances = dict.fromkeys(names_by_category_id, 0)
+        self.sizes = {category_id: [0, 0, 0] for category_id in names_by_category_id}
+        self.overall = [0, 0, 0]
+        self.image_ids: set = set()
+
+    def add(self, annotation: dict, images_by_id: dict) -> None:
         image_id = annotation.get("image_id")
-        if _is_int(image_id):
-            annotated_image_ids.add(image_id)
+        if is_int(image_id):
+            self.image_ids.add(image_id)
         category_id = annotation.get("category_id")
-        if _is_int(category_id) and category_id in instances_by_category_id:
-            instances_by_category_id[category_id] += 1
+        if is_int(category_id) and category_id in self.instances:
+            self.instances[category_id] += 1
         area = _annotation_area(
-            annotation, images_by_id.get(image_id) if _is_int(image_id) else None
+            annotation, images_by_id.get(image_id) if is_int(image_id) else None
         )
         if area is None:
-            continue
+            return
         bucket = _size_bucket(area)
-        overall_sizes[bucket] += 1
-        if _is_int(category_id) and category_id in sizes_by_category_id:
-            sizes_by_category_id[category_id][bucket] += 1
-
-    classes = tuple(
-        ClassStats(
-            category_id=category_id,
-            name=names_by_category_id[category_id],
-            instances=instances_by_category_id[category_id],
-            sizes=SizeCounts(*sizes_by_category_id[category_id]),
-        )
-        for category_id in sorted(names_by_category_id)
-    )
-    return DatasetStats(
-        num_images=len(dataset["images"]),
-        num_annotations=len(dataset["annotations"]),
-        num_images_without_annotations=sum(
-            image_id not in annotated_image_ids for image_id in images_by_id
-        ),
-        classes=classes,
-        sizes=SizeCounts(*overall_sizes),
-    )
+        self.overall[bucket] += 1
+        if is_int(category_id) and category_id in self.sizes:
+            self.sizes[category_id][bucket] += 1
 
 
 def format_dataset_stats(stats: DatasetStats) -> str:
@@ -188,13 +201,13 @@ def format_dataset_stats(stats: DatasetStats) -> str:
 def _annotation_area(annotation: dict, image: dict | None) -> float | None:
     """Object area as COCO evaluation sees it: the stored area, else the mask, else the box."""
     area = annotation.get("area")
-    if _is_number(area) and area >= 0:
+    if is_number(area) and area >= 0:
         return float(area)
     mask_area = _mask_area(annotation.get("segmentation"), image)
     if mask_area is not None:
         return mask_area
     bbox = annotation.get("bbox")
-    if isinstance(bbox, list) and len(bbox) == 4 and _first_non_number(bbox) is None:
+    if isinstance(bbox, list) and len(bbox) == 4 and first_non_number(bbox) is None:
         return float(max(bbox[2], 0) * max(bbox[3], 0))
     return None
 
@@ -206,22 +219,22 @@ def _mask_area(segmentation: Any, image: dict | None) -> float | None:
         if not (
             isinstance(size, list)
             and len(size) == 2
-            and all(_is_int(v) and 0 < v <= MAX_IMAGE_SIDE for v in size)
+            and all(is_int(v) and 0 < v <= MAX_IMAGE_SIDE for v in size)
         ):
             return None
         if isinstance(counts, str):
             try:  # the C decoder reads past the end of some damaged strings
-                _decode_compressed_counts(counts)
+                decode_compressed_counts(counts)
             except ValueError:
                 return None
             return float(mask_utils.area(segmentation))
-        if isinstance(counts, list) and all(_is_int(run) and 0 <= run < 2**32 for run in counts):
+        if isinstance(counts, list) and all(is_int(run) and 0 <= run < 2**32 for run in counts):
             return float(mask_utils.area(mask_utils.frPyObjects(segmentation, *size)))
         return None
     if not isinstance(segmentation, list) or image is None:
         return None
     height, width = image.get("height"), image.get("width")
-    if not all(_is_int(side) and 0 < side <= MAX_IMAGE_SIDE for side in (height, width)):
+    if not all(is_int(side) and 0 < side <= MAX_IMAGE_SIDE for side in (height, width)):
         return None
     # Rasterizing cost grows with coordinate magnitude, so wild coordinates fall back to the box.
     coordinate_limit = 4 * max(height, width)
@@ -231,7 +244,7 @@ def _mask_area(segmentation: Any, image: dict | None) -> float | None:
             isinstance(polygon, list)
             and len(polygon) >= 6
             and len(polygon) % 2 == 0
-            and _first_non_number(polygon) is None
+            and first_non_number(polygon) is None
             and max(map(abs, polygon)) <= coordinate_limit
         )
 

@@ -19,11 +19,11 @@ from typing import Any
 from instseg.data.annotation_checks import (
     MAX_IMAGE_SIDE,
     AnnotationChecks,
-    _describe,
-    _entry_label,
-    _ImageRecord,
-    _is_int,
-    _is_number,
+    ImageRecord,
+    describe_value,
+    entry_label,
+    is_int,
+    is_number,
 )
 from instseg.data.image_checks import ImageFileChecks
 from instseg.io.images import DEFAULT_MAX_PIXELS
@@ -108,10 +108,10 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
     def __init__(self, json_file: str):
         self.json_file = json_file
         self.problems: list[Problem] = []
-        self.image_records: list[_ImageRecord] = []
+        self.image_records: list[ImageRecord] = []
         # None until the section is known to be usable; reference checks are skipped
         # otherwise, so one broken section does not flag every annotation.
-        self.images_by_id: dict[int, _ImageRecord] | None = None
+        self.images_by_id: dict[int, ImageRecord] | None = None
         self.category_ids: set[int] | None = None
         self.category_labels: dict[int, tuple[str, object]] = {}  # id: (label, name)
         self.used_category_ids: set = set()
@@ -142,14 +142,14 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
     def check_top_level(self, dataset: Any) -> dict[str, list]:
         """Return the required sections that are arrays, keyed by name."""
         if not isinstance(dataset, dict):
-            self.error(_TOP_LEVEL, f"must be a JSON object, got {_describe(dataset)}")
+            self.error(_TOP_LEVEL, f"must be a JSON object, got {describe_value(dataset)}")
             return {}
         sections = {}
         for key in REQUIRED_TOP_LEVEL_KEYS:
             if key not in dataset:
                 self.error(_TOP_LEVEL, f"missing required key '{key}'")
             elif not isinstance(dataset[key], list):
-                self.error(key, f"must be an array, got {_describe(dataset[key])}")
+                self.error(key, f"must be an array, got {describe_value(dataset[key])}")
             else:
                 sections[key] = dataset[key]
         return sections
@@ -163,7 +163,7 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
         first_index_by_id: dict[int, int] = {}
         label_by_name: dict[str, str] = {}
         for index, category in enumerate(categories):
-            label = _entry_label("categories", index, category)
+            label = entry_label("categories", index, category)
             if not self._check_entry_fields(label, category, REQUIRED_CATEGORY_FIELDS):
                 continue
             if "id" in category and self._check_id(label, category["id"]):
@@ -182,7 +182,7 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
             if name is None or (isinstance(name, str) and not name.strip()):
                 self.error(label, "category has no name")
             elif not isinstance(name, str):
-                self.error(f"{label}.name", f"must be a string, got {_describe(name)}")
+                self.error(f"{label}.name", f"must be a string, got {describe_value(name)}")
             elif name in label_by_name:
                 self.warning(
                     label, f"duplicate category name '{name}' (also used by {label_by_name[name]})"
@@ -198,7 +198,7 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
             self.error("images", "contains no images")
         label_by_file_name: dict[str, str] = {}
         for index, image in enumerate(images):
-            label = _entry_label("images", index, image)
+            label = entry_label("images", index, image)
             if not self._check_entry_fields(label, image, REQUIRED_IMAGE_FIELDS):
                 continue
             id_ok = "id" in image and self._check_id(label, image["id"])
@@ -214,7 +214,7 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
                     )
                 else:
                     label_by_file_name[normalized] = label
-            record = _ImageRecord(index, label, file_name, width, height)
+            record = ImageRecord(index, label, file_name, width, height)
             self.image_records.append(record)
             if not id_ok:
                 continue
@@ -232,7 +232,7 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
         self.annotated_image_ids = set()
         first_index_by_id: dict[int, int] = {}
         for index, annotation in enumerate(annotations):
-            label = _entry_label("annotations", index, annotation)
+            label = entry_label("annotations", index, annotation)
             if not self._check_entry_fields(label, annotation, REQUIRED_ANNOTATION_FIELDS):
                 continue
             if "id" in annotation and self._check_id(label, annotation["id"]):
@@ -262,15 +262,17 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
                 self.warning(label, "no segmentation; the instance has no mask")
             if "area" in annotation:
                 area = annotation["area"]
-                if not (_is_number(area) and area >= 0):
+                if not (is_number(area) and area >= 0):
                     self.error(
-                        f"{label}.area", f"must be a non-negative number, got {_describe(area)}"
+                        f"{label}.area",
+                        f"must be a non-negative number, got {describe_value(area)}",
                     )
             if "iscrowd" in annotation and not (
-                _is_int(annotation["iscrowd"]) and annotation["iscrowd"] in (0, 1)
+                is_int(annotation["iscrowd"]) and annotation["iscrowd"] in (0, 1)
             ):
                 self.error(
-                    f"{label}.iscrowd", f"must be 0 or 1, got {_describe(annotation['iscrowd'])}"
+                    f"{label}.iscrowd",
+                    f"must be 0 or 1, got {describe_value(annotation['iscrowd'])}",
                 )
 
     def warn_unannotated_images(self) -> None:
@@ -322,7 +324,7 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
     def _check_entry_fields(self, label: str, entry: Any, required: tuple[str, ...]) -> bool:
         """Report a non-object entry or missing fields; False means skip the entry."""
         if not isinstance(entry, dict):
-            self.error(label, f"must be an object, got {_describe(entry)}")
+            self.error(label, f"must be an object, got {describe_value(entry)}")
             return False
         for field in required:
             if field not in entry:
@@ -330,20 +332,20 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
         return True
 
     def _check_id(self, label: str, value: Any, field: str = "id") -> bool:
-        if _is_int(value):
+        if is_int(value):
             return True
-        self.error(f"{label}.{field}", f"must be an integer, got {_describe(value)}")
+        self.error(f"{label}.{field}", f"must be an integer, got {describe_value(value)}")
         return False
 
     def _positive_int_field(self, label: str, entry: dict, field: str) -> int | None:
         if field not in entry:
             return None
         value = entry[field]
-        if _is_int(value) and 0 < value <= MAX_IMAGE_SIDE:
+        if is_int(value) and 0 < value <= MAX_IMAGE_SIDE:
             return value
         self.error(
             f"{label}.{field}",
-            f"must be a positive integer up to {MAX_IMAGE_SIDE}, got {_describe(value)}",
+            f"must be a positive integer up to {MAX_IMAGE_SIDE}, got {describe_value(value)}",
         )
         return None
 
@@ -354,7 +356,7 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
         file_name = image["file_name"]
         where = f"{label}.file_name"
         if not isinstance(file_name, str) or not file_name:
-            self.error(where, f"must be a non-empty string, got {_describe(file_name)}")
+            self.error(where, f"must be a non-empty string, got {describe_value(file_name)}")
             return None
         if os.path.isabs(file_name) or PureWindowsPath(file_name).drive:
             self.error(
@@ -367,7 +369,7 @@ class _DatasetChecker(AnnotationChecks, ImageFileChecks):
             return None
         return file_name
 
-    def _check_image_reference(self, label: str, annotation: dict) -> _ImageRecord | None:
+    def _check_image_reference(self, label: str, annotation: dict) -> ImageRecord | None:
         if "image_id" not in annotation:
             return None
         image_id = annotation["image_id"]

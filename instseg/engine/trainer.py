@@ -108,7 +108,7 @@ def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str | None):
             output_dir=output_folder,
             sem_seg_loading_fn=SemanticGroundTruth(dataset_name),
         )
-    from instseg.engine.evaluator import InstsegCOCOEvaluator
+    from instseg.engine.coco_evaluation import InstsegCOCOEvaluator
 
     return InstsegCOCOEvaluator(dataset_name, output_dir=output_folder)
 

@@ -57,7 +57,7 @@ def finalize(
     result = PredictResult(output_dir=str(output_dir), total=job.total)
     info = {
         "description": "instseg predict: the images of predictions.json",
-        "precision": job.precision,
+        "precision": job.settings.precision,
     }
     tasks_by_index = {task.index: task for task in job.tasks}
     predictions = JsonListWriter(output_dir / PREDICTIONS_FILE)

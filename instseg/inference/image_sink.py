@@ -17,8 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from instseg.inference.job import ERROR, IMAGE, OK, VIDEO, Job, Task
+from instseg.inference.model import instances_to_draw
 from instseg.inference.pipeline import Frame, StageClock
-from instseg.inference.predictor import instances_to_draw
 from instseg.inference.records import coco_results, semantic_results
 from instseg.io.images import atomic_write_image, instance_id_image
 from instseg.io.writers import JsonLinesWriter
@@ -46,7 +46,7 @@ class ImageSink:
         self.job = job
         self.output_dir = Path(job.output_dir)
         self.renderer = renderer
-        self.draw_score = float(job.cfg.INSTSEG.PREDICT.DRAW_SCORE)
+        self.draw_score = job.settings.video.draw_score
         self.stats = ShardStats()
         self.part = JsonLinesWriter(job.part_file(rank))
         show = job.progress and rank == 0
@@ -95,7 +95,7 @@ class ImageSink:
         self._count(record)
 
     def add_video(self, task: Task, result, error: str | None) -> None:
-        """The part-file line of a video :func:`~instseg.inference.video.predict_video` has
+        """The part-file line of a video :func:`~instseg.inference.video_sink.predict_video` has
         finished (``result``, a ``VideoResult``) or failed on (``error``, one line)."""
         record = self._record(task, VIDEO)
         if error is not None:

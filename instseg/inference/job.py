@@ -3,7 +3,6 @@ reports. Every module of the job (planning, resuming, writing, merging) shares t
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,7 @@ from detectron2.config import CfgNode
 from instseg.config import ConfigError
 from instseg.inference.output_dir import HIDDEN_PREFIX
 from instseg.inference.pipeline import STAGES
-from instseg.inference.predictor import load_model_config
+from instseg.inference.settings import PredictSettings, load_model_config
 
 # What to do with an output folder that already has files: refuse to start, predict everything
 # again and replace outputs, or predict only what an earlier run did not finish.
@@ -81,12 +80,6 @@ class PredictOptions:
 def load_predict_cfg(options: PredictOptions) -> CfgNode:
     """The frozen inference config: project YAMLs, ``--weights`` and all overrides."""
     return load_model_config(options.config_files, options.weights, options.opts)
-
-
-def config_digest(cfg: CfgNode) -> str:
-    """Fingerprint of everything that shapes a result: earlier results are reused only under
-    the same digest, so two configs' results never mix in one output folder."""
-    return hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest()[:16]
 
 
 def input_identity(path: str | os.PathLike) -> tuple[int, int]:
@@ -187,18 +180,25 @@ class Job:
     """Everything a worker process needs; picklable for ``launch``. Every rank builds the
     same job from the same inputs; ``run_id`` is rank 0's."""
 
-    cfg: CfgNode
+    settings: PredictSettings
     tasks: list[Task]  # to predict, in input order
     carried: list[tuple[Task, PriorEntry]]  # done by an earlier run, in input order
     total: int
     output_dir: str
     run_id: str
-    config_digest: str  # of the config the results were made with (see config_digest)
     categories: list[dict]
     category_ids: list[int]  # output category id of each contiguous class
     progress: bool
     log_level: int
-    precision: str = "fp32"  # what the network runs in (recorded in images.json's info)
+
+    @property
+    def cfg(self) -> CfgNode:
+        """The config the results are made with (written as config.yaml)."""
+        return self.settings.cfg
+
+    @property
+    def config_digest(self) -> str:
+        return self.settings.digest
 
     @property
     def parts_dir(self) -> Path:

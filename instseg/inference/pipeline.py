@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from detectron2.structures import Instances
 
-from instseg.inference.predictor import BatchPredictor, ModelInput, filter_instances
+from instseg.inference.model import Model, ModelInput, filter_instances
+from instseg.inference.settings import PredictSettings
 from instseg.inference.stages import END, StageThreads
 from instseg.inference.tile_merge import TileMerger
-from instseg.inference.tiles import TileOptions
 
 logger = logging.getLogger(__name__)
 
@@ -161,20 +161,13 @@ class Pipeline:
     """A loaded model and the stages around it; each :meth:`frames` or :meth:`run` call starts
     and stops its own threads, so one pipeline serves many sources (one model load)."""
 
-    def __init__(
-        self,
-        predictor: BatchPredictor,
-        keep_classes: list[int] | None,
-        batch_size: int,
-        queue_size: int,
-        name: str = "predict",
-    ) -> None:
-        self.predictor = predictor
-        self.keep_classes = keep_classes
-        self.batch_size = batch_size
-        self.queue_size = queue_size
+    def __init__(self, model: Model, settings: PredictSettings, name: str = "predict") -> None:
+        self.model = model
+        self.keep_classes = settings.keep_classes
+        self.batch_size = settings.video.batch_size
+        self.queue_size = settings.video.queue_size
         self.name = name
-        self.tiles = TileOptions.from_cfg(predictor.cfg)
+        self.tiles = settings.tiles
 
     def frames(self, source: Iterable[Frame]) -> Iterator[Frame]:
         """Predicted frames of ``source``, in order. A frame that could not be read or
@@ -227,7 +220,7 @@ class Pipeline:
                     continue
                 if frame.error is None:
                     try:
-                        frame.model_input = self.predictor.preprocess(frame.image)
+                        frame.model_input = self.model.preprocess(frame.image)
                     except Exception as e:  # a valid file the resize rejects (an extreme shape)
                         frame.fail("cannot prepare image", e)
                     frame.seconds["preprocess"] = time.perf_counter() - decoded
@@ -251,7 +244,7 @@ class Pipeline:
                 threads.put(out, _Window(frame, index, None, True))
                 return
             try:
-                model_input = self.predictor.preprocess(image[y0:y1, x0:x1])
+                model_input = self.model.preprocess(image[y0:y1, x0:x1])
             except Exception as e:  # a valid file the resize rejects (an extreme shape)
                 frame.fail("cannot prepare image", e)
                 model_input, last = None, True
@@ -289,7 +282,7 @@ class Pipeline:
             return
         start = time.perf_counter()
         try:
-            outputs = self.predictor.predict([f.model_input for f in items])
+            outputs = self.model.predict([f.model_input for f in items])
         except Exception as e:
             if len(items) == 1:
                 self._frame(items[0]).fail("model failed", e)
@@ -341,7 +334,7 @@ class Pipeline:
 
     def _predict_one(self, item: Frame | _Window) -> Instances | None:
         try:
-            return self.predictor.predict([item.model_input])[0]
+            return self.model.predict([item.model_input])[0]
         except Exception as e:
             self._frame(item).fail("model failed", e)
             return None

@@ -144,3 +144,22 @@ class Tracker:
 def build_tracker(options: TrackOptions, width: int, height: int) -> Tracker | None:
     """A tracker for one video of the given frame size, or None when tracking is off."""
     return Tracker(options, width, height) if options.enabled else None
+
+
+class VideoTracker:
+    """Track ids for the frames of a stream of videos, in order: ids start again from 1 with
+    each video (a new path, or a frame index that goes back). The predict job's track stage
+    and the Python API share it."""
+
+    def __init__(self, options: TrackOptions) -> None:
+        self.options = options
+        self._tracker: Tracker | None = None
+        self._last: tuple[object, int] | None = None  # (path, frame index) of the last frame
+
+    def update(self, path: object, index: int, instances: Instances) -> torch.Tensor:
+        """Track ids of ``instances``, frame ``index`` of the video at ``path``."""
+        if self._last is None or self._last[0] != path or self._last[1] >= index:
+            height, width = instances.image_size
+            self._tracker = Tracker(self.options, width, height)
+        self._last = (path, index)
+        return self._tracker.update(instances)

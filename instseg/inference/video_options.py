@@ -10,7 +10,7 @@ from detectron2.config import CfgNode
 
 from instseg.config import ConfigError
 from instseg.io.video_reader import VideoSource
-from instseg.viz.render import RENDERERS
+from instseg.viz.build import RENDERERS
 
 CODECS = ("auto", "h264", "mp4v")
 

@@ -28,7 +28,7 @@ _TS_NEGATIVE = 0x40000
 # --------------------------------------------------------------------------- audio
 
 
-class _AudioFeed:
+class AudioFeed:
     """Audio muxed alongside the video, in output seconds (first video frame at 0)."""
 
     def add_stream(self, container) -> None:
@@ -49,7 +49,7 @@ class _AudioFeed:
         pass
 
 
-class _ToneFeed(_AudioFeed):
+class ToneFeed(AudioFeed):
     """A generated sine tone encoded as AAC (for making test inputs)."""
 
     rate = 48000
@@ -86,7 +86,7 @@ class _ToneFeed(_AudioFeed):
         return self.samples > 0
 
 
-class _CopyFeed(_AudioFeed):
+class CopyFeed(AudioFeed):
     """The first audio stream of another file, cut to the written video's time range.
 
     Packets are copied when the output container takes the codec (cut to whole packets),

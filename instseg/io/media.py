@@ -54,12 +54,12 @@ class WrittenVideo:
     has_audio: bool = False
 
 
-def _one_line(text: object) -> str:
+def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def _ffmpeg_reason(exc: BaseException) -> str:
+def ffmpeg_reason(exc: BaseException) -> str:
     """FFmpeg errors repeat the file name; keep only what went wrong."""
     if av is not None and isinstance(exc, av.error.FFmpegError):
-        return _one_line(exc.strerror or exc)
-    return _one_line(exc) or type(exc).__name__
+        return one_line(exc.strerror or exc)
+    return one_line(exc) or type(exc).__name__

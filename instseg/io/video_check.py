@@ -8,7 +8,7 @@ from pathlib import Path
 
 import cv2
 
-from instseg.io.media import VideoReadError, VideoWriteError, WrittenVideo, _one_line
+from instseg.io.media import VideoReadError, VideoWriteError, WrittenVideo, one_line
 
 try:
     import av
@@ -21,7 +21,7 @@ def check_written(tmp, final, frames, duration, writer, has_audio) -> WrittenVid
     try:
         got_frames, got_duration, size, got_audio = _inspect_output(tmp)
     except Exception as exc:
-        raise VideoWriteError(f"{final}: output cannot be re-opened ({_one_line(exc)})") from None
+        raise VideoWriteError(f"{final}: output cannot be re-opened ({one_line(exc)})") from None
     if size != (writer.width, writer.height):
         raise VideoWriteError(
             f"{final}: re-opened output is {size[0]}x{size[1]}, expected {writer.width}x{writer.height}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import cv2
 
-from instseg.io.media import VideoFrame, VideoReadError, _ffmpeg_reason
+from instseg.io.media import VideoFrame, VideoReadError, ffmpeg_reason
 
 try:
     import av
@@ -97,7 +97,7 @@ class VideoSource:
         try:
             container = av.open(str(self.path), metadata_errors="ignore")
         except Exception as exc:  # FFmpeg reports unreadable input in many ways
-            raise VideoReadError(f"not a readable video ({_ffmpeg_reason(exc)})") from None
+            raise VideoReadError(f"not a readable video ({ffmpeg_reason(exc)})") from None
         try:
             if not container.streams.video:
                 kinds = "audio only" if container.streams.audio else "no audio or video"
@@ -110,7 +110,7 @@ class VideoSource:
                     first = frame
                     break
             except Exception as exc:
-                raise VideoReadError(f"no decodable frame ({_ffmpeg_reason(exc)})") from None
+                raise VideoReadError(f"no decodable frame ({ffmpeg_reason(exc)})") from None
             if first is None:
                 raise VideoReadError("no decodable frame")
             tb = stream.time_base or Fraction(1, 1)
@@ -352,7 +352,7 @@ def _pyav_frames(container, stream):
         except StopIteration:
             break
         except Exception as exc:
-            reason = f"demuxing failed: {_ffmpeg_reason(exc)}"
+            reason = f"demuxing failed: {ffmpeg_reason(exc)}"
             break
         if packet.is_corrupt:
             reason = "corrupt packet"
@@ -360,7 +360,7 @@ def _pyav_frames(container, stream):
         try:
             decoded = packet.decode()
         except Exception as exc:
-            reason = f"decoding failed: {_ffmpeg_reason(exc)}"
+            reason = f"decoding failed: {ffmpeg_reason(exc)}"
             break
         yield from decoded
     if reason is not None:

@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 
 from instseg.io.atomic import publish, temp_path
-from instseg.io.audio import _AudioFeed, _CopyFeed, _ToneFeed
-from instseg.io.encoders import _OpenCVEncoder, _PyAVEncoder
-from instseg.io.media import VideoWriteError, WrittenVideo, _ffmpeg_reason
+from instseg.io.audio import AudioFeed, CopyFeed, ToneFeed
+from instseg.io.encoders import OpenCVEncoder, PyAVEncoder
+from instseg.io.media import VideoWriteError, WrittenVideo, ffmpeg_reason
 from instseg.io.video_check import check_written
 
 try:
@@ -62,7 +62,7 @@ def available_h264_encoder() -> str | None:
             ctx.open()
             return name
         except Exception as exc:  # hardware encoders are listed even without the device
-            logger.debug("H.264 encoder %s is unusable here: %s", name, _ffmpeg_reason(exc))
+            logger.debug("H.264 encoder %s is unusable here: %s", name, ffmpeg_reason(exc))
     return None
 
 
@@ -114,14 +114,14 @@ class VideoWriter:
         self.codec = self._resolve_codec(codec)
         self.audio_source = Path(audio_source) if audio_source is not None else None
         self.crf, self.preset = crf, preset
-        self._rate = Fraction(self.fps).limit_denominator(1001)
-        self._set_clock(_tick_rate(self._rate))
+        self.rate = Fraction(self.fps).limit_denominator(1001)
+        self._set_clock(_tick_rate(self.rate))
         self._t0: float | None = None
-        self._pts: list[int] = []
+        self.pts: list[int] = []
         self._tmp: Path | None = None
         self._closed = False
-        self._backend: _PyAVEncoder | _OpenCVEncoder | None = None
-        self._audio: _AudioFeed | None = None
+        self._backend: PyAVEncoder | OpenCVEncoder | None = None
+        self.audio: AudioFeed | None = None
         self._tone_hz: float | None = None  # set by write_test_clip for a generated track
         self.result: WrittenVideo | None = None
         if not self.path.parent.is_dir():
@@ -143,17 +143,17 @@ class VideoWriter:
     # -- setup
 
     def _set_clock(self, ticks: int) -> None:
-        self._ticks = ticks
-        self._frame_ticks = round(ticks / self._rate)
+        self.ticks = ticks
+        self.frame_ticks = round(ticks / self.rate)
 
     def _start(self) -> None:
         self._tmp = temp_path(self.path)
         odd = self.width % 2 or self.height % 2
         with self._aborting(f"cannot start the {self.codec} encoder"):
-            self._audio = self._make_audio_feed()
+            self.audio = self._make_audio_feed()
             if self.codec == "h264":
                 name = available_h264_encoder()
-                self._backend = _PyAVEncoder(self, name, self._h264_pix_fmt(name, odd))
+                self._backend = PyAVEncoder(self, name, self._h264_pix_fmt(name, odd))
             elif odd:
                 # OpenCV silently rounds odd sizes down; FFmpeg's own mpeg4 encoder keeps them.
                 if av is None:
@@ -161,10 +161,10 @@ class VideoWriter:
                         f"{self.path}: mp4v through OpenCV cannot keep the odd size "
                         f"{self.width}x{self.height} and PyAV is missing"
                     )
-                self._set_clock(_tick_rate(self._rate, limit=65535))
-                self._backend = _PyAVEncoder(self, "mpeg4", "yuv420p")
+                self._set_clock(_tick_rate(self.rate, limit=65535))
+                self._backend = PyAVEncoder(self, "mpeg4", "yuv420p")
             else:
-                self._backend = _OpenCVEncoder(self)
+                self._backend = OpenCVEncoder(self)
 
     @contextlib.contextmanager
     def _aborting(self, doing: str):
@@ -176,7 +176,7 @@ class VideoWriter:
             raise
         except Exception as exc:
             self.abort()
-            raise VideoWriteError(f"{self.path}: {doing} ({_ffmpeg_reason(exc)})") from None
+            raise VideoWriteError(f"{self.path}: {doing} ({ffmpeg_reason(exc)})") from None
 
     def _h264_pix_fmt(self, encoder: str, odd: bool) -> str:
         if not odd:
@@ -189,9 +189,9 @@ class VideoWriter:
             "(4:2:0 needs even sides); use codec='mp4v'"
         )
 
-    def _make_audio_feed(self) -> _AudioFeed | None:
+    def _make_audio_feed(self) -> AudioFeed | None:
         if self._tone_hz is not None:
-            return _ToneFeed(self._tone_hz) if av is not None else None
+            return ToneFeed(self._tone_hz) if av is not None else None
         if self.audio_source is None:
             return None
         if av is None:
@@ -203,7 +203,7 @@ class VideoWriter:
             container = av.open(str(self.audio_source), metadata_errors="ignore")
         except Exception as exc:
             raise VideoWriteError(
-                f"{self.path}: cannot open audio source {self.audio_source} ({_ffmpeg_reason(exc)})"
+                f"{self.path}: cannot open audio source {self.audio_source} ({ffmpeg_reason(exc)})"
             ) from None
         if not container.streams.audio:
             container.close()
@@ -211,7 +211,7 @@ class VideoWriter:
                 "%s: %s has no audio stream; writing video only", self.path, self.audio_source
             )
             return None
-        return _CopyFeed(container, self.audio_source)
+        return CopyFeed(container, self.audio_source)
 
     # -- writing
 
@@ -222,22 +222,22 @@ class VideoWriter:
         image = self._check_image(image_bgr)
         if self._backend is None:
             self._start()
-        if time is not None and self._t0 is None and not self._pts:
+        if time is not None and self._t0 is None and not self.pts:
             self._t0 = float(time)
         if time is not None:
-            pts = round((float(time) - (self._t0 or 0.0)) * self._ticks)
+            pts = round((float(time) - (self._t0 or 0.0)) * self.ticks)
         else:
-            pts = self._pts[-1] + self._frame_ticks if self._pts else 0
-        if self._pts and pts <= self._pts[-1]:
+            pts = self.pts[-1] + self.frame_ticks if self.pts else 0
+        if self.pts and pts <= self.pts[-1]:
             self.abort()
             raise VideoWriteError(
-                f"{self.path}: frame {len(self._pts)} time {time} does not come after the "
-                f"previous frame's {self._pts[-1] / self._ticks:.6f}s"
+                f"{self.path}: frame {len(self.pts)} time {time} does not come after the "
+                f"previous frame's {self.pts[-1] / self.ticks:.6f}s"
             )
-        if not self._pts and self._audio is not None:
-            self._audio.start(self._t0 or 0.0)
-        self._pts.append(pts)
-        with self._aborting(f"encoding frame {len(self._pts) - 1} failed"):
+        if not self.pts and self.audio is not None:
+            self.audio.start(self._t0 or 0.0)
+        self.pts.append(pts)
+        with self._aborting(f"encoding frame {len(self.pts) - 1} failed"):
             self._backend.write(image, pts)
 
     def _check_image(self, image: np.ndarray) -> np.ndarray:
@@ -255,7 +255,7 @@ class VideoWriter:
         if (w, h) != (self.width, self.height):
             self.abort()
             raise VideoWriteError(
-                f"{self.path}: frame {len(self._pts)} is {w}x{h}, expected {self.width}x{self.height}"
+                f"{self.path}: frame {len(self.pts)} is {w}x{h}, expected {self.width}x{self.height}"
             )
         return np.ascontiguousarray(image)
 
@@ -263,23 +263,23 @@ class VideoWriter:
 
     @property
     def frames_written(self) -> int:
-        return len(self._pts)
+        return len(self.pts)
 
     def close(self) -> WrittenVideo:
         """Finish encoding, check the re-opened file, then move it to ``path``."""
         if self._closed:
             raise VideoWriteError(f"{self.path}: close() called twice")
-        if not self._pts:
+        if not self.pts:
             self.abort()
             raise VideoWriteError(f"{self.path}: no frames were written")
         self._closed = True
-        end_pts = self._pts[-1] + self._frame_ticks
+        end_pts = self.pts[-1] + self.frame_ticks
         try:
             has_audio = self._backend.finish(end_pts)
             if getattr(self._backend, "constant_rate", False):
-                end_pts = len(self._pts) * self._frame_ticks  # the given times were dropped
-            expected = end_pts / self._ticks
-            written = check_written(self._tmp, self.path, len(self._pts), expected, self, has_audio)
+                end_pts = len(self.pts) * self.frame_ticks  # the given times were dropped
+            expected = end_pts / self.ticks
+            written = check_written(self._tmp, self.path, len(self.pts), expected, self, has_audio)
             if self.publish:
                 publish(self._tmp, self.path)
         except VideoWriteError:
@@ -288,11 +288,11 @@ class VideoWriter:
         except Exception as exc:
             self._discard()
             raise VideoWriteError(
-                f"{self.path}: finishing the video failed ({_ffmpeg_reason(exc)})"
+                f"{self.path}: finishing the video failed ({ffmpeg_reason(exc)})"
             ) from None
         finally:
-            if self._audio is not None:
-                self._audio.close()
+            if self.audio is not None:
+                self.audio.close()
         logger.debug(
             "%s: wrote %d frames, %.3fs, %s, %d bytes",
             self.path,
@@ -317,9 +317,9 @@ class VideoWriter:
         if self._backend is not None:
             with contextlib.suppress(Exception):
                 self._backend.abort()
-        if self._audio is not None:
+        if self.audio is not None:
             with contextlib.suppress(Exception):
-                self._audio.close()
+                self.audio.close()
         for tmp in (self._tmp, getattr(self._backend, "remux_path", None)):
             if tmp is not None:
                 with contextlib.suppress(FileNotFoundError):

@@ -32,8 +32,8 @@ _PALETTE_SEED = 0
 # VideoVisualizer keeps an unmatched track alive for this many frames (literal in its code).
 _TRACK_TTL = 8
 # Matplotlib's default figure dpi, which Visualizer's point-based sizes are relative to.
-_DPI = 100.0
-_TEXT_BG_ALPHA = 0.8
+DPI = 100.0
+TEXT_BG_ALPHA = 0.8
 
 
 @lru_cache(maxsize=1)
@@ -78,12 +78,12 @@ def track_colors(track_ids: Sequence[int]) -> list[Color]:
     return [palette[int(i) % len(palette)] for i in track_ids]
 
 
-def _as_color(color) -> Color:
+def as_color(color) -> Color:
     return tuple(float(v) for v in np.asarray(color, dtype=np.float64).reshape(3))
 
 
 @lru_cache(maxsize=512)
-def _label_rgb(color: Color) -> Color:
+def label_rgb(color: Color) -> Color:
     """Label text colour: the instance colour lightened by 70% (HLS), kept readable on black.
 
     Same recipe as Visualizer's labels, so both renderers' text looks alike.
@@ -92,15 +92,15 @@ def _label_rgb(color: Color) -> Color:
     rgb = np.clip(colorsys.hls_to_rgb(h, min(max(lightness * 1.7, 0.0), 1.0), s), 0.0, 1.0)
     rgb = np.maximum(rgb, 0.2)
     rgb[np.argmax(rgb)] = max(0.8, float(rgb.max()))
-    return _as_color(rgb)
+    return as_color(rgb)
 
 
-def _to_bgr255(color: Color) -> tuple[int, int, int]:
+def to_bgr255(color: Color) -> tuple[int, int, int]:
     r, g, b = (int(round(v * 255.0)) for v in color)
     return (b, g, r)
 
 
-class _ColorTracker(VideoVisualizer):
+class ColorTracker(VideoVisualizer):
     """VideoVisualizer whose colour tracking can run without drawing, and which records colours.
 
     ``assign_colors`` feeds the tracker exactly as ``draw_instance_predictions`` does, so a
@@ -113,12 +113,12 @@ class _ColorTracker(VideoVisualizer):
 
     def _assign_colors(self, instances):
         colors = super()._assign_colors(instances)
-        self.last_assigned = [_as_color(c) for c in colors]
+        self.last_assigned = [as_color(c) for c in colors]
         return colors
 
     def _assign_colors_by_id(self, instances):
         colors = super()._assign_colors_by_id(instances)
-        self.last_assigned = [_as_color(c) for c in colors]
+        self.last_assigned = [as_color(c) for c in colors]
         return colors
 
     def assign_colors(self, predictions: Instances, boxes_xyxy: np.ndarray) -> list[Color]:
@@ -134,7 +134,7 @@ class _ColorTracker(VideoVisualizer):
             self.last_assigned = []
             return []
         if predictions.has("COLOR"):
-            self.last_assigned = [_as_color(c) for c in predictions.COLOR]
+            self.last_assigned = [as_color(c) for c in predictions.COLOR]
             return self.last_assigned
         if predictions.has("ID"):
             self._assign_colors_by_id(predictions)
@@ -150,7 +150,7 @@ class _ColorTracker(VideoVisualizer):
         return self.last_assigned
 
 
-class _PaletteVisualizer(Visualizer):
+class PaletteVisualizer(Visualizer):
     """Visualizer that draws with given colours instead of picking random ones per call, and
     optionally given labels and no boxes where masks are drawn (VideoVisualizer's look)."""
 

@@ -15,22 +15,22 @@ from detectron2.utils.visualizer import _SMALL_OBJECT_AREA_THRESH
 
 from instseg.structures.cropped_masks import CroppedMasks
 from instseg.viz.colors import (
-    _DPI,
-    _TEXT_BG_ALPHA,
+    DPI,
     MASK_ALPHA,
-    _label_rgb,
-    _to_bgr255,
+    TEXT_BG_ALPHA,
     image_colors,
+    label_rgb,
+    to_bgr255,
     track_colors,
 )
 from instseg.viz.renderer import (
     Renderer,
-    _as_bgr_uint8,
-    _boxes_numpy,
-    _num_instances,
-    _to_cpu,
+    as_bgr_uint8,
+    boxes_numpy,
+    instance_count,
     instance_labels,
     instance_masks,
+    to_cpu,
 )
 
 logger = logging.getLogger(__name__)
@@ -58,70 +58,41 @@ class FastRenderer(Renderer):
         self.draw_boxes = draw_boxes
 
     def draw(self, image_bgr: np.ndarray, instances: Instances) -> np.ndarray:
-        image = _as_bgr_uint8(image_bgr)
+        image = as_bgr_uint8(image_bgr)
         height, width = image.shape[:2]
-        instances = _to_cpu(instances)
-        n = _num_instances(instances)
+        instances = to_cpu(instances)
+        n = instance_count(instances)
+        self.last_colors = []
         if n == 0:
-            self.last_colors = []
             return image
-
         masks = instance_masks(instances, height, width)
-        boxes = _boxes_numpy(instances)
-        rects = None
-        if isinstance(masks, CroppedMasks):
-            rects = masks.rects()
-        elif masks is not None:
-            # Tight (x, y, w, h) of each mask; w == 0 for an empty mask.
-            rects = np.array([cv2.boundingRect(m.view(np.uint8)) for m in masks], dtype=np.int64)
+        rects = _mask_rects(masks)
+        boxes = boxes_numpy(instances)
         has_boxes = boxes is not None
         if boxes is None:
             if rects is None:
-                self.last_colors = []
                 return image
             boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1).astype(
                 np.float64
             )
-
-        if instances.has("track_id"):
-            colors = track_colors(instances.track_id.tolist())
-        elif self.video:
-            colors = self._tracker.assign_colors(instances, boxes)
-        else:
-            classes = instances.pred_classes.tolist() if instances.has("pred_classes") else None
-            colors = image_colors(classes, n, self.metadata)
+        colors = self._colors(instances, boxes, n)
         self.last_colors = colors
-
         if self.draw_boxes is None:
             show_boxes = has_boxes and not (self.video and masks is not None)
         else:
             show_boxes = self.draw_boxes and has_boxes
-
-        # Largest first so smaller instances end up on top, as Visualizer orders them.
-        if show_boxes or masks is None:
-            areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-        else:
-            areas = np.array(
-                [
-                    cv2.countNonZero(masks[i, y : y + h, x : x + w].view(np.uint8)) if w else 0
-                    for i, (x, y, w, h) in enumerate(rects)
-                ]
-            )
-        order = np.argsort(-areas, kind="stable")
-        bgr = [_to_bgr255(c) for c in colors]
-
+        order = _largest_first(boxes, masks, rects, by_box=show_boxes or masks is None)
+        bgr = [to_bgr255(c) for c in colors]
         font_pt = max(math.sqrt(height * width) // 90, 10)  # Visualizer's default font size
-        box_thickness = max(1, int(round(max(font_pt / 4, 1) * _DPI / 72)))
+        box_thickness = max(1, int(round(max(font_pt / 4, 1) * DPI / 72)))
         ibox = np.empty((n, 4), dtype=np.int64)
         ibox[:, [0, 2]] = np.clip(np.round(boxes[:, [0, 2]]), 0, width - 1)
         ibox[:, [1, 3]] = np.clip(np.round(boxes[:, [1, 3]]), 0, height - 1)
-
         self._blend_layer(
             image, order, bgr, masks, rects, ibox if show_boxes else None, box_thickness
         )
         if masks is not None:
             self._draw_outlines(image, order, bgr, masks, rects)
-
         labels = instance_labels(instances, self.metadata)
         if labels is not None:
             use_mask_anchor = masks is not None and not show_boxes
@@ -136,6 +107,14 @@ class FastRenderer(Renderer):
                     font_pt,
                 )
         return image
+
+    def _colors(self, instances: Instances, boxes: np.ndarray, n: int) -> list:
+        if instances.has("track_id"):
+            return track_colors(instances.track_id.tolist())
+        if self.video:
+            return self._tracker.assign_colors(instances, boxes)
+        classes = instances.pred_classes.tolist() if instances.has("pred_classes") else None
+        return image_colors(classes, n, self.metadata)
 
     @staticmethod
     def _blend_layer(image, order, bgr, masks, rects, ibox, thickness) -> None:
@@ -211,7 +190,7 @@ class FastRenderer(Renderer):
         height_ratio = (y1 - y0) / math.sqrt(height * width)
         size_pt = float(np.clip((height_ratio - 0.02) / 0.08 + 1, 1.2, 2)) * 0.5 * font_pt
         # Hershey glyphs are ~22 px tall at scale 1; cap height is ~0.7 em.
-        scale = max(0.7 * size_pt * _DPI / 72 / 22, 0.3)
+        scale = max(0.7 * size_pt * DPI / 72 / 22, 0.3)
         font = cv2.FONT_HERSHEY_SIMPLEX
         (tw, th), baseline = cv2.getTextSize(text, font, scale, 1)
         pad = max(1, int(round(0.3 * th)))
@@ -221,14 +200,38 @@ class FastRenderer(Renderer):
         left = min(max(left, 0), max(width - plate_w, 0))
         top = min(max(top, 0), max(height - plate_h, 0))
         plate = image[top : top + plate_h, left : left + plate_w]
-        plate[:] = cv2.convertScaleAbs(plate, alpha=1.0 - _TEXT_BG_ALPHA)
+        plate[:] = cv2.convertScaleAbs(plate, alpha=1.0 - TEXT_BG_ALPHA)
         cv2.putText(
             image,
             text,
             (left + pad, top + pad + th),
             font,
             scale,
-            _to_bgr255(_label_rgb(color)),
+            to_bgr255(label_rgb(color)),
             1,
             cv2.LINE_AA,
         )
+
+
+def _mask_rects(masks) -> np.ndarray | None:
+    """Tight (x, y, w, h) of each mask (w == 0 for an empty mask); None without masks."""
+    if isinstance(masks, CroppedMasks):
+        return masks.rects()
+    if masks is None:
+        return None
+    return np.array([cv2.boundingRect(m.view(np.uint8)) for m in masks], dtype=np.int64)
+
+
+def _largest_first(boxes: np.ndarray, masks, rects, by_box: bool) -> np.ndarray:
+    """Drawing order: largest first, so smaller instances end up on top, as Visualizer orders
+    them (by box area, or by mask area when masks are drawn without boxes)."""
+    if by_box:
+        areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    else:
+        areas = np.array(
+            [
+                cv2.countNonZero(masks[i, y : y + h, x : x + w].view(np.uint8)) if w else 0
+                for i, (x, y, w, h) in enumerate(rects)
+            ]
+        )
+    return np.argsort(-areas, kind="stable")

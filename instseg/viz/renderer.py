@@ -12,7 +12,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.visualizer import _create_text_labels
 
 from instseg.structures.cropped_masks import CroppedMasks
-from instseg.viz.colors import Color, _ColorTracker
+from instseg.viz.colors import Color, ColorTracker
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- input handling
 
 
-def _as_bgr_uint8(image: np.ndarray) -> np.ndarray:
+def as_bgr_uint8(image: np.ndarray) -> np.ndarray:
     """A fresh C-contiguous HxWx3 uint8 copy; HxW / HxWx1 grey input is replicated to 3 channels."""
     arr = np.asarray(image)
     if arr.ndim == 2:
@@ -34,12 +34,12 @@ def _as_bgr_uint8(image: np.ndarray) -> np.ndarray:
     return np.array(arr, dtype=np.uint8, order="C", copy=True)
 
 
-def _num_instances(instances: Instances) -> int:
+def instance_count(instances: Instances) -> int:
     """len() that treats an Instances without any field (which refuses len()) as empty."""
     return len(instances) if instances.get_fields() else 0
 
 
-def _to_cpu(instances: Instances) -> Instances:
+def to_cpu(instances: Instances) -> Instances:
     if any(isinstance(v, torch.Tensor) and v.device.type != "cpu" for v in _tensors(instances)):
         return instances.to("cpu")
     return instances
@@ -90,7 +90,7 @@ def instance_labels(instances: Instances, metadata: Metadata) -> list[str] | Non
     return labels
 
 
-def _boxes_numpy(instances: Instances) -> np.ndarray | None:
+def boxes_numpy(instances: Instances) -> np.ndarray | None:
     if not instances.has("pred_boxes"):
         return None
     boxes = instances.pred_boxes
@@ -122,7 +122,7 @@ class Renderer(ABC):
         self.video = bool(video)
         self.last_colors: list[Color] = []
         # VideoVisualizer-based colour tracking shared by both renderers (video only).
-        self._tracker = _ColorTracker(self.metadata) if self.video else None
+        self._tracker = ColorTracker(self.metadata) if self.video else None
 
     @abstractmethod
     def draw(self, image_bgr: np.ndarray, instances: Instances) -> np.ndarray:
@@ -140,7 +140,7 @@ class Renderer(ABC):
     def reset(self) -> None:
         """Forget tracked video colours, e.g. before starting another video."""
         if self.video:
-            self._tracker = _ColorTracker(self.metadata)
+            self._tracker = ColorTracker(self.metadata)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(video={self.video})"

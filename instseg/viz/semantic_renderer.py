@@ -16,7 +16,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 
-from instseg.viz.renderer import _as_bgr_uint8
+from instseg.viz.renderer import as_bgr_uint8
 from instseg.viz.report import PANEL_TITLES, side_by_side
 
 SEMANTIC_RENDERERS = ("fast", "visualizer")
@@ -54,7 +54,7 @@ class SemanticRenderer:
 
     def overlay(self, image_bgr: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
         """The image with every painted class blended in its colour, and a legend."""
-        image = _as_bgr_uint8(image_bgr)
+        image = as_bgr_uint8(image_bgr)
         if class_ids.shape != image.shape[:2]:
             raise ValueError(f"class map is {class_ids.shape}, the image {image.shape[:2]}")
         if self.name == "visualizer":
@@ -69,7 +69,7 @@ class SemanticRenderer:
 
     def panels(self, image_bgr: np.ndarray, class_ids: np.ndarray, overlay=None) -> np.ndarray:
         """Original | predicted mask (class colours) | overlay, side by side, titled."""
-        image = _as_bgr_uint8(image_bgr)
+        image = as_bgr_uint8(image_bgr)
         overlay = self.overlay(image, class_ids) if overlay is None else overlay
         return side_by_side([image, self.color_mask(class_ids), overlay], PANEL_TITLES)
 

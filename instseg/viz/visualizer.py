@@ -9,14 +9,14 @@ import numpy as np
 import torch
 from detectron2.structures import BitMasks, Instances
 
-from instseg.viz.colors import _as_color, _PaletteVisualizer, image_colors, track_colors
+from instseg.viz.colors import PaletteVisualizer, as_color, image_colors, track_colors
 from instseg.viz.renderer import (
     Renderer,
-    _as_bgr_uint8,
-    _num_instances,
-    _to_cpu,
+    as_bgr_uint8,
+    instance_count,
     instance_labels,
     instance_masks,
+    to_cpu,
 )
 
 logger = logging.getLogger(__name__)
@@ -28,10 +28,10 @@ class VisualizerRenderer(Renderer):
     name = "visualizer"
 
     def draw(self, image_bgr: np.ndarray, instances: Instances) -> np.ndarray:
-        image = _as_bgr_uint8(image_bgr)
+        image = as_bgr_uint8(image_bgr)
         height, width = image.shape[:2]
-        instances = _to_cpu(instances)
-        if _num_instances(instances) == 0:
+        instances = to_cpu(instances)
+        if instance_count(instances) == 0:
             self.last_colors = []
             return image
         if self.video and not instances.has("pred_boxes") and instances.has("pred_masks"):
@@ -46,7 +46,7 @@ class VisualizerRenderer(Renderer):
         if instances.has("track_id"):
             # A tracked video: colour and label by track id, in VideoVisualizer's look.
             self.last_colors = track_colors(instances.track_id.tolist())
-            visualizer = _PaletteVisualizer(
+            visualizer = PaletteVisualizer(
                 rgb,
                 self.metadata,
                 self.last_colors,
@@ -58,13 +58,13 @@ class VisualizerRenderer(Renderer):
             self._tracker.last_assigned = []
             vis_image = self._tracker.draw_instance_predictions(rgb, instances)
             if instances.has("COLOR"):
-                self.last_colors = [_as_color(c) for c in instances.COLOR]
+                self.last_colors = [as_color(c) for c in instances.COLOR]
             else:
                 self.last_colors = list(self._tracker.last_assigned)
         else:
             classes = instances.pred_classes.tolist() if instances.has("pred_classes") else None
             self.last_colors = image_colors(classes, len(instances), self.metadata)
-            visualizer = _PaletteVisualizer(rgb, self.metadata, self.last_colors)
+            visualizer = PaletteVisualizer(rgb, self.metadata, self.last_colors)
             vis_image = visualizer.draw_instance_predictions(instances)
 
         out = vis_image.get_image()[:, :, ::-1]

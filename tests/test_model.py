@@ -7,7 +7,7 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 from instseg.config import build_cfg
-from instseg.inference.predictor import BatchPredictor, fold_norms, optimize_for_inference
+from instseg.inference.model import BatchPredictor, fold_norms, optimize_for_inference
 
 
 def _model(*opts):

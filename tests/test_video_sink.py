@@ -15,19 +15,20 @@ import pytest
 import torch
 from detectron2.engine import DefaultPredictor
 
+from instseg.cli.predict import add_video_arguments, video_overrides
 from instseg.config import ConfigError
 from instseg.data.sample_video import iter_sample_video_frames
 from instseg.inference.job import PredictOptions
+from instseg.inference.model import BatchPredictor
 from instseg.inference.output_dir import OutputLock
-from instseg.inference.predict import predict
-from instseg.inference.predictor import BatchPredictor, load_model_config
+from instseg.inference.runner import predict
+from instseg.inference.settings import PredictSettings, load_model_config
 from instseg.inference.sources import is_video_path
-from instseg.inference.video import VideoResult, predict_video
+from instseg.inference.video_sink import VideoResult, predict_video
 from instseg.io.clips import write_test_clip
 from instseg.io.media import VideoReadError
 from instseg.io.video_reader import open_video
 from instseg.io.video_writer import VideoWriter, available_h264_encoder
-from instseg.predict_cli import add_video_arguments, video_overrides
 
 av = pytest.importorskip("av")
 
@@ -66,8 +67,8 @@ def predictor(model_files):
 
 @pytest.fixture
 def make_cfg(model_files):
-    """cfg with extra KEY VALUE overrides (none of which may change the shared model)."""
-    return lambda *opts: load_model_config(*model_files, list(opts))
+    """Settings with extra KEY VALUE overrides (none of which may change the shared model)."""
+    return lambda *opts: PredictSettings.from_cfg(load_model_config(*model_files, list(opts)))
 
 
 def make_clip(path: Path, n=NUM_FRAMES, width=160, height=120, audio=False, codec="auto"):
@@ -75,10 +76,10 @@ def make_clip(path: Path, n=NUM_FRAMES, width=160, height=120, audio=False, code
     return write_test_clip(path, frames, fps=FPS, audio=audio, codec=codec).path
 
 
-def predict_job(cfg, source, out, predictor=None, **options):
+def predict_job(cfg, source, out, model=None, **options):
     """The predict job over ``source`` (a path or a list of them) into ``out``."""
     options = PredictOptions(output_dir=str(out), progress=False, **options)
-    return predict(cfg, source, options, predictor=predictor)
+    return predict(cfg, source, options, model=model)
 
 
 def manifest(out: Path) -> list[dict]:
@@ -130,7 +131,7 @@ def test_bad_video_options_are_config_errors(make_cfg, predictor, tmp_path):
         (["INSTSEG.PREDICT.RENDERER", "pretty"], "RENDERER"),
     ]:
         with pytest.raises(ConfigError, match=key):
-            predict_video(make_cfg(*opts), clip, tmp_path / "out", predictor=predictor)
+            predict_video(make_cfg(*opts), clip, tmp_path / "out", model=predictor)
     assert not (tmp_path / "out").exists()
 
 
@@ -142,7 +143,7 @@ def test_output_matches_input_and_keeps_audio(make_cfg, predictor, tmp_path, cod
     clip = make_clip(tmp_path / "clip.mp4", audio=True)
     out = tmp_path / "out"
     result = predict_video(
-        make_cfg("INSTSEG.VIDEO.CODEC", codec), clip, out, predictor=predictor, progress=False
+        make_cfg("INSTSEG.VIDEO.CODEC", codec), clip, out, model=predictor, progress=False
     )
     assert result.ok and result.frames == NUM_FRAMES and result.first_bad_frame is None
     assert result.video == out / "clip.mp4"
@@ -199,8 +200,8 @@ def test_predictions_equal_default_predictor(
         "INSTSEG.PREDICT.OPTIMIZE_MODEL",
         str(optimize),
     )
-    run_predictor = predictor if optimize else BatchPredictor(cfg)
-    result = predict_video(cfg, clip, tmp_path / "out", predictor=run_predictor, progress=False)
+    run_predictor = predictor if optimize else BatchPredictor(cfg.cfg)
+    result = predict_video(cfg, clip, tmp_path / "out", model=run_predictor, progress=False)
     lines = read_jsonl(result.predictions)
     atol = 1e-4 if batch_size == 1 else 1e-2
 
@@ -243,7 +244,7 @@ def test_predictions_equal_default_predictor(
 def test_frame_selection(make_cfg, predictor, tmp_path, opts, indices):
     clip = make_clip(tmp_path / "clip.mp4")
     out = tmp_path / "out"
-    result = predict_video(make_cfg(*opts), clip, out, predictor=predictor, progress=False)
+    result = predict_video(make_cfg(*opts), clip, out, model=predictor, progress=False)
     lines = read_jsonl(result.predictions)
     assert [line["frame"] for line in lines] == indices
     assert [line["time"] for line in lines] == pytest.approx([i / FPS for i in indices], abs=1e-4)
@@ -260,14 +261,12 @@ def test_frame_selection(make_cfg, predictor, tmp_path, opts, indices):
 def test_class_filter(make_cfg, predictor, tmp_path):
     clip = make_clip(tmp_path / "clip.mp4", n=4)
     cfg = make_cfg("INSTSEG.PREDICT.RENDER", "False")
-    everything = read_jsonl(
-        predict_video(cfg, clip, tmp_path / "all", predictor=predictor).predictions
-    )
-    names = list(cfg.INSTSEG.THING_CLASSES)
+    everything = read_jsonl(predict_video(cfg, clip, tmp_path / "all", model=predictor).predictions)
+    names = cfg.class_names
     first = everything[0]["results"]
     keep = names[first[0]["category_id"] - 1] if first else names[0]
     cfg = make_cfg("INSTSEG.PREDICT.RENDER", "False", "INSTSEG.PREDICT.CLASSES", f"['{keep}']")
-    kept = read_jsonl(predict_video(cfg, clip, tmp_path / "one", predictor=predictor).predictions)
+    kept = read_jsonl(predict_video(cfg, clip, tmp_path / "one", model=predictor).predictions)
     kept_id = names.index(keep) + 1
 
     def untracked(results):  # track ids are numbered among the instances kept
@@ -285,7 +284,7 @@ def test_variable_frame_rate_keeps_times(make_cfg, predictor, tmp_path):
     with VideoWriter(clip, 25, 160, 120, codec="auto") as writer:
         for t, image in zip(times, frames, strict=True):
             writer.write(image, t)
-    result = predict_video(make_cfg(), clip, tmp_path / "out", predictor=predictor, progress=False)
+    result = predict_video(make_cfg(), clip, tmp_path / "out", model=predictor, progress=False)
     assert [line["time"] for line in read_jsonl(result.predictions)] == pytest.approx(
         times, abs=1e-3
     )
@@ -297,7 +296,7 @@ def test_variable_frame_rate_keeps_times(make_cfg, predictor, tmp_path):
 def test_odd_frame_size(make_cfg, predictor, tmp_path, codec):
     clip = make_clip(tmp_path / "odd.mp4", n=6, width=161, height=119, codec="auto")
     cfg = make_cfg("INSTSEG.VIDEO.CODEC", codec)
-    result = predict_video(cfg, clip, tmp_path / "out", predictor=predictor, progress=False)
+    result = predict_video(cfg, clip, tmp_path / "out", model=predictor, progress=False)
     with open_video(result.video) as output:
         assert (output.width, output.height) == (161, 119)
         assert len(list(output)) == 6
@@ -313,14 +312,16 @@ def test_truncated_video_gives_shorter_valid_output(make_cfg, predictor, tmp_pat
     data = clip.read_bytes()
     clip.write_bytes(data[: int(len(data) * 0.6)])
     with caplog.at_level(logging.WARNING, logger="instseg"):
-        result = predict_video(make_cfg(), clip, tmp_path / "out", predictor=predictor)
+        result = predict_video(make_cfg(), clip, tmp_path / "out", model=predictor)
     assert 0 < result.frames < 20
     assert result.first_bad_frame == result.frames
     with open_video(result.video) as output:
         assert len(list(output)) == result.frames
     assert len(read_jsonl(result.predictions)) == result.frames
     # (Detectron2's log formatter may abbreviate record names, so match the module file.)
-    ours = [r for r in caplog.records if r.filename == "video.py" and r.levelno == logging.WARNING]
+    ours = [
+        r for r in caplog.records if r.filename == "video_sink.py" and r.levelno == logging.WARNING
+    ]
     assert len(ours) == 1
     assert str(clip) in ours[0].getMessage()
     assert f"frame {result.frames}" in ours[0].getMessage()
@@ -330,7 +331,7 @@ def test_text_file_named_mp4_is_one_clear_error(make_cfg, predictor, tmp_path):
     fake = tmp_path / "notes.mp4"
     fake.write_text("this is not a video\n")
     with pytest.raises(VideoReadError) as info:
-        predict_video(make_cfg(), fake, tmp_path / "out", predictor=predictor)
+        predict_video(make_cfg(), fake, tmp_path / "out", model=predictor)
     message = str(info.value)
     assert message.startswith(str(fake)) and "\n" not in message
     assert not (tmp_path / "out").exists()
@@ -340,7 +341,7 @@ def test_empty_selection_is_one_clear_error(make_cfg, predictor, tmp_path):
     clip = make_clip(tmp_path / "clip.mp4", n=4)
     out = tmp_path / "out"
     with pytest.raises(VideoReadError, match="no frames to process"):
-        predict_video(make_cfg("INSTSEG.VIDEO.START", "5.0"), clip, out, predictor=predictor)
+        predict_video(make_cfg("INSTSEG.VIDEO.START", "5.0"), clip, out, model=predictor)
     assert list(out.iterdir()) == []
     assert no_stage_threads()
 
@@ -354,7 +355,7 @@ def test_folder_with_a_bad_file_goes_on(make_cfg, predictor, tmp_path, caplog):
     make_clip(videos / "c.mp4", n=2)  # same stem as c.mkv: both keep their whole names
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO, logger="instseg"):
-        result = predict_job(make_cfg(), videos, out, predictor=predictor)
+        result = predict_job(make_cfg(), videos, out, model=predictor)
     assert (result.total, result.videos, result.ok, result.errors) == (4, 4, 3, 1)
     rows = manifest(out)
     assert [(r["path"], r["kind"], r["status"], r["frames"]) for r in rows] == [
@@ -374,8 +375,8 @@ def test_folder_with_a_bad_file_goes_on(make_cfg, predictor, tmp_path, caplog):
 
     # A second run into the folder is refused, or resumes: the failed video is tried again.
     with pytest.raises(ConfigError, match="not empty"):
-        predict_job(make_cfg(), videos, out, predictor=predictor)
-    again = predict_job(make_cfg(), videos, out, predictor=predictor, existing="skip")
+        predict_job(make_cfg(), videos, out, model=predictor)
+    again = predict_job(make_cfg(), videos, out, model=predictor, existing="skip")
     assert (again.skipped, again.errors) == (3, 1)
     assert [r["status"] for r in manifest(out)] == ["skipped", "error", "skipped", "skipped"]
 
@@ -390,7 +391,7 @@ def test_skip_existing_predicts_a_video_again_after_a_config_or_file_change(
     out = tmp_path / "out"
 
     def run(*opts):
-        result = predict_job(make_cfg(*opts), clip, out, predictor=predictor, existing="skip")
+        result = predict_job(make_cfg(*opts), clip, out, model=predictor, existing="skip")
         config = (out / "config.yaml").read_text()
         return result, config, read_jsonl(out / "clip.predictions.jsonl")
 
@@ -414,13 +415,13 @@ def test_skip_existing_predicts_a_video_again_after_a_config_or_file_change(
 def test_redone_without_rendering_the_earlier_video_goes(make_cfg, predictor, tmp_path):
     clip = make_clip(tmp_path / "clip.mp4", n=3)
     out = tmp_path / "out"
-    first = predict_video(make_cfg(), clip, out, predictor=predictor, progress=False)
+    first = predict_video(make_cfg(), clip, out, model=predictor, progress=False)
     assert first.video == out / "clip.mp4" and first.video.exists()
     cfg = make_cfg("INSTSEG.PREDICT.RENDER", "False")
     # Without --overwrite the finished run is left alone, video included.
-    assert predict_video(cfg, clip, out, predictor=predictor, progress=False).skipped
+    assert predict_video(cfg, clip, out, model=predictor, progress=False).skipped
     assert first.video.exists()
-    again = predict_video(cfg, clip, out, overwrite=True, predictor=predictor, progress=False)
+    again = predict_video(cfg, clip, out, overwrite=True, model=predictor, progress=False)
     assert again.video is None and not (out / "clip.mp4").exists()
     assert len(read_jsonl(again.predictions)) == 3
     assert clip.exists()
@@ -430,7 +431,7 @@ def test_output_never_replaces_the_input(make_cfg, predictor, tmp_path):
     clip = make_clip(tmp_path / "clip.mp4", n=2)
     before = clip.read_bytes()
     with pytest.raises(ConfigError, match="writing clip.mp4 there would replace the input"):
-        predict_job(make_cfg(), [clip], tmp_path, predictor=predictor, existing="overwrite")
+        predict_job(make_cfg(), [clip], tmp_path, model=predictor, existing="overwrite")
     assert clip.read_bytes() == before
 
 
@@ -461,7 +462,7 @@ def test_stage_failure_propagates_and_leaves_nothing(
     out = tmp_path / "out"
     cfg = make_cfg("INSTSEG.PREDICT.QUEUE_SIZE", "1")
     with pytest.raises(RuntimeError, match=f"{stage} exploded"):
-        predict_video(cfg, clip, out, predictor=predictor, progress=False)
+        predict_video(cfg, clip, out, model=predictor, progress=False)
     assert list(out.iterdir()) == []
     assert no_stage_threads()
 
@@ -477,7 +478,7 @@ def test_same_stem_videos_in_two_folders_are_both_annotated(make_cfg, predictor,
     for folder in ("a", "b"):
         make_clip(tmp_path / "in" / folder / "clip.mp4", n=2)
     out = tmp_path / "out"
-    result = predict_job(make_cfg(), tmp_path / "in", out, predictor=predictor)
+    result = predict_job(make_cfg(), tmp_path / "in", out, model=predictor)
     assert [(r["path"], r["status"]) for r in manifest(out)] == [
         ("a/clip.mp4", "ok"),
         ("b/clip.mp4", "ok"),
@@ -495,7 +496,7 @@ def test_a_kill_between_the_two_outputs_is_completed_by_the_next_run(
 
     (tmp_path / "in").mkdir()
     clip = make_clip(tmp_path / "in" / "clip.mp4", n=3)
-    predict_job(make_cfg(), clip, tmp_path / "ref", predictor=predictor)
+    predict_job(make_cfg(), clip, tmp_path / "ref", model=predictor)
     out = tmp_path / "out"
     original, calls = atomic.publish, []
 
@@ -507,13 +508,13 @@ def test_a_kill_between_the_two_outputs_is_completed_by_the_next_run(
 
     monkeypatch.setattr(atomic, "publish", killed_after_first_rename)
     with pytest.raises(KeyboardInterrupt):
-        predict_job(make_cfg(), clip, out, predictor=predictor)
+        predict_job(make_cfg(), clip, out, model=predictor)
     monkeypatch.undo()
     assert (out / "clip.predictions.jsonl").exists() and not (out / "clip.mp4").exists()
     with OutputLock(out):  # the next run's lock completes the commit
         assert open_video(out / "clip.mp4").frame_count == 3
 
-    again = predict_job(make_cfg(), clip, out, predictor=predictor, existing="skip")
+    again = predict_job(make_cfg(), clip, out, model=predictor, existing="skip")
     assert again.ok == 1  # no record of it was made before the kill: predicted again
     assert open_video(out / "clip.mp4").frame_count == 3
     reference = read_jsonl(tmp_path / "ref" / "clip.predictions.jsonl")
@@ -541,20 +542,3 @@ def test_several_videos_on_the_command_line(model_files, tmp_path):
     for name in ("v1", "v2"):
         assert len(read_jsonl(tmp_path / "out" / f"{name}.predictions.jsonl")) == 2
     assert "DEVICE: cpu" in (tmp_path / "out" / "config.yaml").read_text()
-
-
-def test_videos_shared_among_two_processes(make_cfg, tmp_path):
-    """Two processes (Detectron2's launch, gloo) take a video each; one manifest in order."""
-    paths = [make_clip(tmp_path / f"v{i}.mp4", n=2) for i in (1, 2)]
-    out = tmp_path / "out"
-    result = predict_job(make_cfg(), paths, out, num_workers=2)
-    assert (result.ok, result.frames) == (2, 4)
-    assert [(r["path"], r["status"], r["frames"]) for r in manifest(out)] == [
-        ("v1.mp4", "ok", "2"),
-        ("v2.mp4", "ok", "2"),
-    ]
-    for name in ("v1", "v2"):
-        assert len(read_jsonl(out / f"{name}.predictions.jsonl")) == 2
-        assert open_video(out / f"{name}.mp4").frame_count == 2
-    assert (out / "config.yaml").is_file()
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".instseg-parts")]

@@ -6,7 +6,7 @@ processes and machines, resumes it and publishes it, whatever the inputs' kinds.
 streams its images through :class:`~instseg.inference.pipeline.Pipeline` with
 :class:`~instseg.inference.image_sink.ImageSink`'s render and write stages, and each of its
 videos through the same loaded pipeline with
-:func:`~instseg.inference.video.predict_video`'s track, render and write stages; memory stays
+:func:`~instseg.inference.video_sink.predict_video`'s track, render and write stages; memory stays
 flat for any number of inputs and the model never waits on disk or drawing.
 
 Outputs in the output folder ``DIR`` (``<rel>`` is the input's path relative to the SOURCE root,
@@ -29,7 +29,7 @@ so the layout mirrors the input tree; ``<stem>`` is ``<rel>`` without its extens
   what the ids in predictions.json stand for. ``COCO("images.json").loadRes("predictions.json")``
   works for any input; with ``--coco-json`` so does loading against that dataset.
 * for each video, ``DIR/<stem>.mp4``, ``DIR/<stem>.predictions.jsonl`` and, with tracking,
-  ``DIR/<stem>.tracks.csv`` and ``DIR/<stem>.tracks.json`` (:mod:`instseg.inference.video`).
+  ``DIR/<stem>.tracks.csv`` and ``DIR/<stem>.tracks.json`` (:mod:`instseg.inference.video_sink`).
 * ``DIR/manifest.csv``: ``path,kind,status,frames,instances,tracks,time_ms,error``, one row
   per input in input order; status is ok, error (``error`` says why in one line naming the
   file) or skipped (done by an earlier run, see below).
@@ -75,9 +75,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.utils import comm
 
-from instseg.config import ConfigError, is_semantic
-from instseg.data.catalog import build_metadata
-from instseg.engine.precision import resolve_precision
+from instseg.config import ConfigError
 from instseg.inference.finalize import finalize
 from instseg.inference.frames import image_frame
 from instseg.inference.image_ids import assign_ids
@@ -93,27 +91,19 @@ from instseg.inference.job import (
     PredictOptions,
     PredictResult,
     Task,
-    config_digest,
     input_identity,
     load_predict_cfg,
 )
 from instseg.inference.launcher import run_sharded, shard
+from instseg.inference.model import Model, build_model
 from instseg.inference.output_dir import OutputLock, check_output_dir
-from instseg.inference.output_plan import (
-    VIDEO_OUTPUT_KINDS,
-    check_output_paths,
-    plan_outputs,
-)
+from instseg.inference.output_plan import VIDEO_OUTPUT_KINDS, check_output_paths, plan_outputs
 from instseg.inference.pipeline import STAGES, Pipeline
-from instseg.inference.predictor import BatchPredictor, check_model_cfg, class_filter
 from instseg.inference.resume import load_prior, outputs_exist
+from instseg.inference.settings import PredictSettings
 from instseg.inference.sources import Source, resolve_source, resolve_sources
-from instseg.inference.tracking import TrackOptions
-from instseg.inference.video import predict_video
-from instseg.inference.video_options import VideoOptions
+from instseg.inference.video_sink import VideoPaths, predict_video
 from instseg.io.media import VideoError
-from instseg.viz.render import build_renderer
-from instseg.viz.semantic_renderer import SemanticRenderer
 
 logger = logging.getLogger(__name__)
 
@@ -131,19 +121,20 @@ __all__ = [
 
 
 def predict(
-    cfg: CfgNode,
+    cfg: CfgNode | PredictSettings,
     source: Source | str | os.PathLike | Sequence[str | os.PathLike],
     options: PredictOptions,
     *,
-    predictor: BatchPredictor | None = None,
+    model: Model | None = None,
 ) -> PredictResult | None:
     """Predict every image and video of ``source`` (a SOURCE, several, or a resolved
     :class:`Source`) and write the outputs described in the module docstring.
 
-    Unreadable inputs become error rows and the job goes on; configuration problems raise
-    :class:`ConfigError` before any model is loaded. ``predictor`` reuses a loaded model (one
-    process only). Returns None on machines other than machine 0 of a multi-machine job
-    (machine 0 reports).
+    ``cfg`` is the merged config (:func:`load_predict_cfg`), read once into the job's
+    :class:`PredictSettings`, or those settings. Unreadable inputs become error rows and the job
+    goes on; configuration problems raise :class:`ConfigError` before any model is loaded.
+    ``model`` reuses a loaded model (one process only). Returns None on machines other than
+    machine 0 of a multi-machine job (machine 0 reports).
     """
     started = time.perf_counter()
     output_dir = Path(options.output_dir)
@@ -151,15 +142,16 @@ def predict(
         source = resolve_sources(list(source), exclude=output_dir)
     elif not isinstance(source, Source):
         source = resolve_source(source, exclude=output_dir)
-    _check_cfg(cfg, options)
+    settings = cfg if isinstance(cfg, PredictSettings) else PredictSettings.from_cfg(cfg)
+    _check_workers(settings, options)
     # Ids and output names first: a bad --coco-json or a clash stops before anything is written.
-    tasks, categories = _make_tasks(cfg, source, output_dir, options.coco_json)
+    tasks, categories = _make_tasks(settings, source, output_dir, options.coco_json)
     if options.machine_rank != 0:  # machine 0 owns the folder: its lock, checks and merge
-        return _run(_plan_job(cfg, tasks, categories, options, output_dir), options, None)
+        return _run(_plan_job(settings, tasks, categories, options, output_dir), options, None)
     check_output_dir(output_dir, options.existing)
     with OutputLock(output_dir):
-        job = _plan_job(cfg, tasks, categories, options, output_dir)
-        result = _run(job, options, predictor)
+        job = _plan_job(settings, tasks, categories, options, output_dir)
+        result = _run(job, options, model)
         shutil.rmtree(output_dir / PARTS_DIR_NAME, ignore_errors=True)
     result.seconds = time.perf_counter() - started
     logger.info("%s", result.summary_line())
@@ -169,14 +161,17 @@ def predict(
 
 
 def _plan_job(
-    cfg: CfgNode, tasks: list[Task], categories: list[dict], options: PredictOptions, output_dir
+    settings: PredictSettings,
+    tasks: list[Task],
+    categories: list[dict],
+    options: PredictOptions,
+    output_dir: Path,
 ) -> Job:
     """The job: ``tasks`` less what an earlier run finished (``existing="skip"``)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     carried = []
-    digest = config_digest(cfg)
     if options.existing == "skip":
-        prior = load_prior(output_dir, digest)
+        prior = load_prior(output_dir, settings.digest)
         todo = []
         for task in tasks:
             entry = prior.get(task.rel)
@@ -196,29 +191,25 @@ def _plan_job(
         if options.machine_rank == 0:
             shutil.rmtree(output_dir / PARTS_DIR_NAME, ignore_errors=True)
     return Job(
-        cfg=cfg,
+        settings=settings,
         tasks=todo,
         carried=carried,
         total=len(tasks),
         output_dir=str(output_dir),
         run_id=time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8],
-        config_digest=digest,
         categories=categories,
         category_ids=[c["id"] for c in categories],
-        precision=resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE).name,
         progress=options.progress,
         log_level=logging.getLogger("instseg").getEffectiveLevel(),
     )
 
 
-def _run(
-    job: Job, options: PredictOptions, predictor: BatchPredictor | None
-) -> PredictResult | None:
+def _run(job: Job, options: PredictOptions, model: Model | None) -> PredictResult | None:
     workers = options.num_workers if options.num_machines > 1 else None
     if workers is None:  # one machine: no more processes than inputs
         workers = min(options.num_workers, max(1, len(job.tasks)))
     if workers * options.num_machines == 1:
-        return PredictResult(**_worker_main(job, predictor))
+        return PredictResult(**_worker_main(job, model))
     logger.info(
         "Predicting %d input(s) in %d process(es) x %d machine(s)",
         len(job.tasks),
@@ -237,11 +228,8 @@ def _run(
     return PredictResult(**summary) if summary is not None else None
 
 
-def _check_cfg(cfg: CfgNode, options: PredictOptions) -> None:
-    VideoOptions.from_cfg(cfg)  # batch, queue, renderer and video keys, each named on error
-    TrackOptions.from_cfg(cfg)
-    check_model_cfg(cfg)
-    if options.num_workers > 1 and str(cfg.MODEL.DEVICE).startswith("cuda"):
+def _check_workers(settings: PredictSettings, options: PredictOptions) -> None:
+    if options.num_workers > 1 and str(settings.cfg.MODEL.DEVICE).startswith("cuda"):
         available = torch.cuda.device_count()
         if options.num_workers > available:
             raise ConfigError(
@@ -250,22 +238,20 @@ def _check_cfg(cfg: CfgNode, options: PredictOptions) -> None:
             )
 
 
-def _output_kinds(cfg: CfgNode) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
-    """(planned, written) output kinds of an image and of a video under ``cfg``. A video's
-    names are all planned, so a rerun with other settings can clear what it no longer writes."""
-    render, save_masks = bool(cfg.INSTSEG.PREDICT.RENDER), bool(cfg.INSTSEG.PREDICT.SAVE_MASKS)
-    semantic = is_semantic(cfg)  # its class-id PNG is its main output
+def _output_kinds(settings: PredictSettings) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """(planned, written) output kinds of an image and of a video. A video's names are all
+    planned, so a rerun with other settings can clear what it no longer writes."""
+    render = settings.video.render
     image = (
         ("annotated", render),
-        ("masks", save_masks or semantic),
-        ("panels", render and semantic),
+        ("masks", settings.save_masks or settings.semantic),  # a semantic model's main output
+        ("panels", render and settings.semantic),
     )
-    tracks = TrackOptions.from_cfg(cfg).enabled and not semantic
     video = (
         ("video", render),
         ("predictions", True),
-        ("tracks", tracks),
-        ("track_summary", tracks),
+        ("tracks", settings.tracking),
+        ("track_summary", settings.tracking),
     )
     image_kinds = tuple(k for k, on in image if on)
     return {
@@ -275,14 +261,12 @@ def _output_kinds(cfg: CfgNode) -> dict[str, tuple[tuple[str, ...], tuple[str, .
 
 
 def _make_tasks(
-    cfg: CfgNode, source: Source, output_dir: Path, coco_json: str | None
+    settings: PredictSettings, source: Source, output_dir: Path, coco_json: str | None
 ) -> tuple[list[Task], list[dict]]:
     """Every input's task (ids, output names, identity) and the output categories."""
-    kinds = _output_kinds(cfg)
-    metadata = build_metadata(cfg)
-    names = metadata.stuff_classes if is_semantic(cfg) else metadata.thing_classes
+    kinds = _output_kinds(settings)
     images = [f for f in source.files if f.kind == IMAGE]
-    ids, categories = assign_ids(images, names, coco_json)
+    ids, categories = assign_ids(images, settings.class_names, coco_json)
     image_ids = {f.rel: image_id for f, image_id in zip(images, ids, strict=True)}
     rels = [f.rel for f in source.files]
     plan = plan_outputs(rels, [kinds[f.kind][0] for f in source.files], reserved=RESERVED_NAMES)
@@ -312,20 +296,15 @@ def _make_tasks(
     return tasks, categories
 
 
-def _worker_main(job: Job, predictor: BatchPredictor | None = None) -> dict | None:
+def _worker_main(job: Job, model: Model | None = None) -> dict | None:
     """One process: predict its shard, then (rank 0) merge every part file into the outputs."""
     rank, world = comm.get_rank(), comm.get_world_size()
     tasks = shard(job.tasks, rank, world)
     images = sum(task.kind == IMAGE for task in tasks)
     desc = "predict" if world == 1 else f"predict (rank 0 of {world})"
-    with ImageSink(job, rank, images, _build_renderer(job.cfg), desc) as sink:
+    with ImageSink(job, rank, images, job.settings.build_renderer(), desc) as sink:
         if tasks:
-            pipeline = Pipeline(
-                predictor or BatchPredictor(job.cfg),
-                class_filter(job.cfg),
-                int(job.cfg.INSTSEG.PREDICT.BATCH_SIZE),
-                int(job.cfg.INSTSEG.PREDICT.QUEUE_SIZE),
-            )
+            pipeline = Pipeline(model or build_model(job.cfg), job.settings)
             # Runs of images, then each video, in input order: the part file stays sorted.
             for kind, run in itertools.groupby(tasks, key=lambda task: task.kind):
                 if kind == IMAGE:
@@ -344,19 +323,8 @@ def _worker_main(job: Job, predictor: BatchPredictor | None = None) -> dict | No
     return dataclasses.asdict(result)
 
 
-def _build_renderer(cfg: CfgNode):
-    """The images' renderer (videos build their own, with per-track colours); None when not
-    drawing."""
-    options = VideoOptions.from_cfg(cfg)
-    if not options.render:
-        return None
-    if is_semantic(cfg):
-        return SemanticRenderer(build_metadata(cfg), options.renderer)
-    return build_renderer(options.renderer, build_metadata(cfg))
-
-
 def _predict_images(job: Job, pipeline: Pipeline, sink: ImageSink, tasks: list[Task]) -> None:
-    max_pixels = int(job.cfg.INSTSEG.MAX_IMAGE_PIXELS)
+    max_pixels = job.settings.max_pixels
     frames = (image_frame(t.path, t.rel, t, max_pixels) for t in tasks)
     pipeline.run(frames, sink.stages(), sink.stats.clock)
 
@@ -367,12 +335,12 @@ def _predict_video(job: Job, pipeline: Pipeline, task: Task):
     output_dir = Path(job.output_dir)
     try:
         result = predict_video(
-            job.cfg,
+            job.settings,
             task.path,
             output_dir,
             overwrite=True,  # planned: a video predicted again replaces its earlier outputs
             pipeline=pipeline,
-            outputs=tuple(output_dir / task.outputs[kind] for kind in VIDEO_OUTPUT_KINDS),
+            paths=VideoPaths(*(output_dir / task.outputs[kind] for kind in VIDEO_OUTPUT_KINDS)),
             rel=task.rel,
             progress=job.progress,
         )

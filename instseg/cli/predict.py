@@ -59,7 +59,7 @@ def split_sources(values: list[str]) -> tuple[list[str], list[str]]:
     return values, []
 
 
-def _add_predict_options(parser: argparse.ArgumentParser) -> None:
+def add_predict_options(parser: argparse.ArgumentParser) -> None:
     """Options of ``instseg predict``; each config-backed one overrides its key."""
     parser.add_argument(
         "--config",
@@ -243,7 +243,7 @@ def build_predict_options(args: argparse.Namespace):
     :class:`instseg.inference.job.PredictOptions`:
     flags become config overrides placed after the ``KEY VALUE`` pairs, so flags win."""
     from instseg.config import ConfigError
-    from instseg.inference.predict import PredictOptions
+    from instseg.inference.runner import PredictOptions
 
     command = getattr(args, "command_name", "predict")
     required = ("output",) if command == "segment" else ("config", "weights", "output")
@@ -277,7 +277,7 @@ def build_predict_options(args: argparse.Namespace):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from instseg.inference.predict import load_predict_cfg, predict
+    from instseg.inference.runner import load_predict_cfg, predict
     from instseg.inference.sources import resolve_sources
 
     options = build_predict_options(args)
@@ -307,7 +307,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _add_overrides(parser: argparse.ArgumentParser, prog: str) -> None:
     """Trailing sources, ``KEY VALUE`` overrides and options given after them."""
     late_options = argparse.ArgumentParser(prog=prog, add_help=False)
-    _add_predict_options(late_options)
+    add_predict_options(late_options)
     parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
@@ -350,7 +350,7 @@ def add_segment_command(commands) -> None:
     segment.add_argument(
         "--instances", action="store_true", help="objects as instances instead of a class map"
     )
-    _add_predict_options(segment)
+    add_predict_options(segment)
     _add_overrides(segment, "instseg segment")
     segment.set_defaults(func=cmd_segment, existing=None, command_name="segment")
 
@@ -370,6 +370,6 @@ def add_predict_command(commands) -> None:
         metavar="SOURCE",
         help="image, folder, glob, .txt list or video; several may follow (before KEY VALUE)",
     )
-    _add_predict_options(predict)
+    add_predict_options(predict)
     _add_overrides(predict, "instseg predict")
     predict.set_defaults(func=cmd_predict, existing=None)

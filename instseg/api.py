@@ -23,22 +23,13 @@ from detectron2.config import CfgNode
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
 
-from instseg.config import is_semantic
-from instseg.data.catalog import build_metadata
 from instseg.inference.frames import array_frames, file_frames
+from instseg.inference.model import build_model, instances_to_draw
 from instseg.inference.pipeline import Frame, Pipeline
-from instseg.inference.predictor import (
-    BatchPredictor,
-    class_filter,
-    instances_to_draw,
-    load_model_config,
-)
 from instseg.inference.records import coco_results, semantic_results
+from instseg.inference.settings import PredictSettings, load_model_config
 from instseg.inference.sources import resolve_source
-from instseg.inference.tracking import TrackOptions, build_tracker
-from instseg.inference.video_options import VideoOptions
-from instseg.viz.render import build_renderer
-from instseg.viz.semantic_renderer import SemanticRenderer
+from instseg.inference.tracking import VideoTracker
 
 logger = logging.getLogger(__name__)
 
@@ -121,25 +112,11 @@ class Predictor:
         else:
             files = [config] if isinstance(config, str | os.PathLike) else list(config)
             cfg = load_model_config([str(f) for f in files], weights and str(weights), overrides)
-        self.cfg = cfg
-        self.metadata = build_metadata(cfg)
-        self.keep_classes = class_filter(cfg)
-        self.video_options = VideoOptions.from_cfg(cfg)
-        self.track_options = TrackOptions.from_cfg(cfg)
-        self.max_pixels = int(cfg.INSTSEG.MAX_IMAGE_PIXELS)
-        self.model = BatchPredictor(cfg)
-        self.pipeline = Pipeline(
-            self.model,
-            self.keep_classes,
-            self.video_options.batch_size,
-            self.video_options.queue_size,
-            name="api",
-        )
-        self.renderer = None
-        if draw and is_semantic(cfg):
-            self.renderer = SemanticRenderer(self.metadata, self.video_options.renderer)
-        elif draw:
-            self.renderer = build_renderer(self.video_options.renderer, self.metadata)
+        self.settings = PredictSettings.from_cfg(cfg)
+        self.cfg, self.metadata = cfg, self.settings.metadata
+        self.model = build_model(cfg)
+        self.pipeline = Pipeline(self.model, self.settings, name="api")
+        self.renderer = self.settings.build_renderer() if draw else None
 
     def predict(self, source) -> Iterator[Result]:
         """Results of every image and video frame of ``source``, in input order.
@@ -147,25 +124,14 @@ class Predictor:
         ``source`` is anything ``instseg predict`` takes (an image, a video, a folder, a glob, a
         list file), a BGR array, or a list of those.
         """
-        tracker, last = None, None  # the tracker of the video under way, its last frame
+        tracker = VideoTracker(self.settings.track) if self.settings.tracking else None
         for frame in self.pipeline.frames(self._frames(source)):
             instances = frame.instances
             if instances is None:
                 height, width = frame.image.shape[:2] if frame.image is not None else (0, 0)
                 instances = _no_instances(height, width)
-            elif frame.time is not None and frame.sem_seg is None:
-                if last is None or last[0] != frame.path or last[1] >= frame.index:
-                    height, width = instances.image_size  # a new video: ids from 1
-                    tracker = build_tracker(self.track_options, width, height)
-                last = (frame.path, frame.index)
-                if tracker is not None:
-                    instances.track_id = tracker.update(instances)
-            drawn = None
-            if self.renderer is not None and frame.sem_seg is not None:
-                drawn = self.renderer.overlay(frame.image, frame.sem_seg)
-            elif self.renderer is not None and frame.image is not None:
-                shown = instances_to_draw(instances, self.video_options.draw_score)
-                drawn = self.renderer.draw(frame.image, shown)
+            elif frame.time is not None and tracker is not None:
+                instances.track_id = tracker.update(frame.path, frame.index, instances)
             yield Result(
                 frame.path,
                 frame.rel,
@@ -174,10 +140,18 @@ class Predictor:
                 instances,
                 self.metadata,
                 frame.image,
-                drawn,
+                self._draw(frame, instances),
                 frame.error,
                 frame.sem_seg,
             )
+
+    def _draw(self, frame: Frame, instances: Instances) -> np.ndarray | None:
+        if self.renderer is not None and frame.sem_seg is not None:
+            return self.renderer.overlay(frame.image, frame.sem_seg)
+        if self.renderer is not None and frame.image is not None:
+            shown = instances_to_draw(instances, self.settings.video.draw_score)
+            return self.renderer.draw(frame.image, shown)
+        return None
 
     def _frames(self, source) -> Iterator[Frame]:
         items = source if isinstance(source, list | tuple) else [source]
@@ -186,7 +160,7 @@ class Predictor:
                 yield from array_frames([item])
                 continue
             for f in resolve_source(item).files:
-                yield from file_frames(f, self.video_options, self.max_pixels)
+                yield from file_frames(f, self.settings.video, self.settings.max_pixels)
 
 
 def _no_instances(height: int, width: int) -> Instances:

@@ -27,7 +27,7 @@ from pycocotools.cocoeval import COCOeval
 
 from instseg.config import PROJECT_CONFIG_DIR, ConfigError
 from instseg.data.sample_video import iter_sample_video_frames
-from instseg.inference.predict import (
+from instseg.inference.runner import (
     PARTS_DIR_NAME,
     PredictOptions,
     load_predict_cfg,
@@ -542,8 +542,7 @@ def test_skip_existing_predicts_a_changed_image_again(tmp_path, random_init_run,
     assert (image["width"], image["height"]) == (200, 150)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_clashing_names_give_distinct_outputs(tmp_path, random_init_run, sample_dataset, workers):
+def test_clashing_names_give_distinct_outputs(tmp_path, random_init_run, sample_dataset):
     layout = [
         ("00000.jpg", "a.jpg"),
         ("00001.jpg", "a.jpg.png"),
@@ -557,7 +556,6 @@ def test_clashing_names_give_distinct_outputs(tmp_path, random_init_run, sample_
         images,
         output,
         ["INSTSEG.PREDICT.SAVE_MASKS", "True"],
-        num_workers=workers,
     )
     assert result.ok == 4
     written = [p for p in _files(output) if not p.startswith(".") and "." in p]
@@ -593,14 +591,16 @@ def _jsonl(path: Path) -> list[dict]:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_mixed_folder_is_one_job(tmp_path, random_init_run, sample_dataset, workers):
     """Images and videos in one folder: one run, one manifest with a row per input in input
-    order, the images' results in predictions.json, each video's in its JSONL."""
+    order, the images' results in predictions.json, each video's in its JSONL; the processes
+    of a two-process run share one plan of the outputs (clashing names included)."""
     layout = [("00000.jpg", "a.jpg"), ("00001.jpg", "c/b.jpg"), ("00002.jpg", "d.jpg")]
-    folder = _copy_tree(sample_dataset, tmp_path / "in", layout)
+    folder = _copy_tree(sample_dataset, tmp_path / "in", [*layout, ("00003.jpg", "d.png")])
     _clip(folder / "b.mp4", 3)
     _clip(folder / "c/a.mp4", 2)
     (folder / "e.mp4").write_bytes(b"not a video")
     output = tmp_path / "out"
-    result = _run(random_init_run, folder, output, num_workers=workers)
+    masks = ["INSTSEG.PREDICT.SAVE_MASKS", "True"]
+    result = _run(random_init_run, folder, output, masks, num_workers=workers)
     rows = _manifest(output)
     assert [(r["path"], r["kind"], r["status"], r["frames"]) for r in rows] == [
         ("a.jpg", "image", "ok", ""),
@@ -608,12 +608,15 @@ def test_a_mixed_folder_is_one_job(tmp_path, random_init_run, sample_dataset, wo
         ("c/a.mp4", "video", "ok", "2"),
         ("c/b.jpg", "image", "ok", ""),
         ("d.jpg", "image", "ok", ""),
+        ("d.png", "image", "ok", ""),
         ("e.mp4", "video", "error", ""),
     ]
     assert rows[-1]["error"].startswith(str(folder / "e.mp4"))
-    assert (result.total, result.videos, result.ok, result.errors, result.frames) == (6, 3, 5, 1, 5)
+    assert (result.total, result.videos, result.ok, result.errors, result.frames) == (7, 3, 6, 1, 5)
     images = _load(output, "images.json")["images"]
-    assert [i["file_name"] for i in images] == ["a.jpg", "c/b.jpg", "d.jpg"]
+    assert [i["file_name"] for i in images] == ["a.jpg", "c/b.jpg", "d.jpg", "d.png"]
+    for name in ("a.masks.png", "c/b.masks.png", "d.jpg.masks.png", "d.png.masks.png"):
+        assert cv2.imread(str(output / name), cv2.IMREAD_UNCHANGED) is not None, name
     predictions = _load(output, "predictions.json")
     assert {p["image_id"] for p in predictions} == {i["id"] for i in images}
     for row in rows:
@@ -639,7 +642,7 @@ def test_sigkill_at_random_moments_then_skip_existing_ends_like_one_run(
     --skip-existing after each kill, ends with one uninterrupted run's outputs, record for
     record, and no temporary file."""
     available = sorted(p.name for p in sample_dataset.val_images.glob("*.jpg"))
-    layout = [(available[i % len(available)], f"d{i % 3}/{i:05d}.jpg") for i in range(16)]
+    layout = [(available[i % len(available)], f"d{i % 3}/{i:05d}.jpg") for i in range(12)]
     images = _copy_tree(sample_dataset, tmp_path / "images", layout)
     _clip(images / "d1" / "clip.mp4", 12)
     instseg = Path(sys.executable).with_name("instseg")

@@ -24,7 +24,7 @@ two output stages: render (drawing and the JSONL record) and write (encoding and
 line), a thread each, so encoding overlaps a slow renderer (one thread doing both measured the
 same within noise with the fast renderer on two cores: scripts/bench_video.py --merged). A
 failure on any frame fails that video with one line;
-:func:`~instseg.inference.videos.predict_videos` goes on with the next. The video, its JSONL
+:func:`~instseg.inference.runner.predict_videos` goes on with the next. The video, its JSONL
 and its track files become visible together (one commit journal).
 """
 
@@ -36,42 +36,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from detectron2.config import CfgNode
 from tqdm import tqdm
 
-from instseg.config import is_semantic
-from instseg.data.catalog import build_metadata
 from instseg.inference.frames import video_frames
-from instseg.inference.pipeline import STAGES, Frame, Pipeline, StageClock
-from instseg.inference.predictor import BatchPredictor, class_filter, instances_to_draw
+from instseg.inference.model import Model, build_model, instances_to_draw
+from instseg.inference.pipeline import Frame, Pipeline, StageClock
 from instseg.inference.records import coco_results, frame_record, semantic_results
-from instseg.inference.sources import VIDEO_EXTENSIONS, is_video_path
+from instseg.inference.settings import PredictSettings
 from instseg.inference.track_log import TRACKS_CSV_SUFFIX, TRACKS_JSON_SUFFIX, TrackLog
-from instseg.inference.tracking import Tracker, TrackOptions, build_tracker
-from instseg.inference.video_options import VideoOptions, expected_frames, resolve_renderer_name
+from instseg.inference.tracking import VideoTracker
+from instseg.inference.video_options import expected_frames
 from instseg.io.atomic import AtomicFile, commit_journal, commit_together
 from instseg.io.media import VideoError, VideoReadError, VideoWriteError, WrittenVideo
-from instseg.io.video_reader import open_video
+from instseg.io.video_reader import VideoSource, open_video
 from instseg.io.video_writer import VideoWriter
-from instseg.viz.render import build_renderer
-from instseg.viz.renderer import Renderer
-from instseg.viz.semantic_renderer import SemanticRenderer
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "STAGES",
-    "VIDEO_EXTENSIONS",
-    "VideoError",
-    "VideoOptions",
-    "VideoReadError",
-    "VideoResult",
-    "VideoWriteError",
-    "is_video_path",
-    "output_paths",
-    "predict_video",
-    "resolve_renderer_name",
-]
+__all__ = ["VideoPaths", "VideoResult", "predict_video"]
 
 PREDICTIONS_SUFFIX = ".predictions.jsonl"
 # Render and encode in one thread instead of two; scripts/bench_video.py --merged compares them.
@@ -117,30 +99,91 @@ class VideoResult:
         return ", ".join(f"{n} {name}" for name, n in self.objects.items()) or "none"
 
 
+@dataclass(frozen=True)
+class VideoPaths:
+    """Where one video's outputs go."""
+
+    video: Path  # the annotated video
+    predictions: Path  # one JSON line per processed frame
+    tracks: Path  # MOTChallenge CSV
+    track_summary: Path  # tracks and objects per class
+
+    @classmethod
+    def named(cls, output_dir: Path, name: str) -> VideoPaths:
+        """The outputs of an output base name (see :mod:`instseg.inference.output_plan`)."""
+        return cls(
+            output_dir / f"{name}.mp4",
+            output_dir / f"{name}{PREDICTIONS_SUFFIX}",
+            output_dir / f"{name}{TRACKS_CSV_SUFFIX}",
+            output_dir / f"{name}{TRACKS_JSON_SUFFIX}",
+        )
+
+
+class _VideoFiles:
+    """One video's output files, written under temporary names and published together (or,
+    killed between two renames, by the next run's lock)."""
+
+    def __init__(self, settings: PredictSettings, source: VideoSource, paths: VideoPaths):
+        self.paths, self.stride = paths, settings.video.stride
+        self.writer = None
+        if settings.video.render:
+            self.writer = VideoWriter(
+                paths.video,
+                # With a stride, frames keep their source times, so the nominal rate drops.
+                source.fps / settings.video.stride,
+                source.width,
+                source.height,
+                codec=settings.video.codec,
+                audio_source=source.path if source.has_audio else None,
+                publish=False,
+            )
+        self.jsonl = AtomicFile(paths.predictions)
+        self.track_log = self.tracks_csv = None
+        if settings.tracking:
+            self.track_log = TrackLog(settings.class_names, settings.track.min_frames)
+            self.tracks_csv = AtomicFile(paths.tracks)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+        self.jsonl.discard()
+        if self.tracks_csv is not None:
+            self.tracks_csv.discard()
+
+    def close_video(self) -> WrittenVideo | None:
+        """Finish encoding the video and check it, still under its temporary name."""
+        return self.writer.close() if self.writer is not None else None
+
+    def publish(self, written: WrittenVideo | None, fps: float, overwrite: bool) -> None:
+        """Make every file visible together (a journal completes it if killed part-way); with
+        ``overwrite``, remove what an earlier run wrote that this one does not."""
+        pairs = [(self.jsonl.close_unpublished(), self.paths.predictions)]
+        if self.track_log is not None:
+            summary = AtomicFile(self.paths.track_summary)
+            summary.write(self.track_log.summary_text(fps, self.stride))
+            pairs += [
+                (self.tracks_csv.close_unpublished(), self.paths.tracks),
+                (summary.close_unpublished(), self.paths.track_summary),
+            ]
+        if written is not None:
+            pairs.append((self.writer.temp_file, self.paths.video))
+        folder = self.paths.predictions.parent
+        commit_together(pairs, commit_journal(folder, self.paths.predictions.name))
+        if overwrite:
+            # An earlier run's files that this one did not write would contradict the new
+            # predictions: its tracks (now untracked), its annotated video (now unrendered).
+            stale = [self.paths.tracks, self.paths.track_summary] if self.track_log is None else []
+            for old in stale + ([self.paths.video] if written is None else []):
+                old.unlink(missing_ok=True)
+
+
 class _VideoSink:
     """The track, render and write stages of one video."""
 
-    def __init__(
-        self,
-        renderer: Renderer | None,
-        draw_score: float,
-        writer,
-        jsonl,
-        bar: tqdm,
-        tracker: Tracker | None = None,
-        track_log: TrackLog | None = None,
-        tracks_csv=None,
-        semantic_classes: list[str] | None = None,
-    ) -> None:
-        self.renderer, self.draw_score, self.writer, self.jsonl, self.bar = (
-            renderer,
-            draw_score,
-            writer,
-            jsonl,
-            bar,
-        )
-        self.tracker, self.track_log, self.tracks_csv = tracker, track_log, tracks_csv
-        self.semantic_classes = semantic_classes  # a semantic model's: results per class
+    def __init__(self, settings: PredictSettings, files: _VideoFiles, bar: tqdm) -> None:
+        self.settings, self.files, self.bar = settings, files, bar
+        self.renderer = settings.build_renderer(video=True)
+        self.tracker = VideoTracker(settings.track) if files.track_log is not None else None
         self.frames = self.instances = 0
 
     def stages(self, merged: bool = False):
@@ -152,8 +195,8 @@ class _VideoSink:
     def track(self, frame: Frame) -> None:
         if frame.error is not None:
             return  # render fails the video
-        frame.instances.track_id = self.tracker.update(frame.instances)
-        frame.tracks = self.track_log.lines(frame.instances, frame.index, frame.time)
+        frame.instances.track_id = self.tracker.update(frame.path, frame.index, frame.instances)
+        frame.tracks = self.files.track_log.lines(frame.instances, frame.index, frame.time)
 
     def render(self, frame: Frame) -> None:
         if frame.error is not None:  # a frame the model failed on fails its video
@@ -163,13 +206,13 @@ class _VideoSink:
                 if frame.sem_seg is not None:
                     frame.drawn = self.renderer.overlay(frame.image, frame.sem_seg)
                 else:
-                    shown = instances_to_draw(frame.instances, self.draw_score)
+                    shown = instances_to_draw(frame.instances, self.settings.video.draw_score)
                     frame.drawn = self.renderer.draw(frame.image, shown)
             except Exception as e:
                 frame.fail("cannot draw", e)
                 raise VideoWriteError(frame.error) from e
         if frame.sem_seg is not None:
-            names = self.semantic_classes
+            names = self.settings.class_names
             ids = list(range(1, len(names) + 1))
             results = semantic_results(frame.sem_seg, frame.index, ids, names)
         else:
@@ -180,64 +223,36 @@ class _VideoSink:
         frame.image = frame.instances = frame.sem_seg = None
 
     def write(self, frame: Frame) -> None:
-        if self.writer is not None:
-            self.writer.write(frame.drawn, frame.time)
+        if self.files.writer is not None:
+            self.files.writer.write(frame.drawn, frame.time)
         frame.drawn = None
-        self.jsonl.write(frame.record)
-        if self.tracks_csv is not None:
-            self.tracks_csv.write(frame.tracks)
+        self.files.jsonl.write(frame.record)
+        if self.files.tracks_csv is not None:
+            self.files.tracks_csv.write(frame.tracks)
         self.frames += 1
         self.bar.update(1)
 
 
-def output_paths(output_dir: Path, name: str) -> tuple[Path, Path, Path, Path]:
-    """(annotated video, predictions JSONL, tracks CSV, tracks summary) for an output name."""
-    return (
-        output_dir / f"{name}.mp4",
-        output_dir / f"{name}{PREDICTIONS_SUFFIX}",
-        output_dir / f"{name}{TRACKS_CSV_SUFFIX}",
-        output_dir / f"{name}{TRACKS_JSON_SUFFIX}",
-    )
-
-
-def build_pipeline(cfg: CfgNode, predictor: BatchPredictor | None) -> Pipeline:
-    options = VideoOptions.from_cfg(cfg)
-    return Pipeline(
-        predictor or BatchPredictor(cfg),
-        class_filter(cfg),
-        options.batch_size,
-        options.queue_size,
-        name="video",
-    )
-
-
 def predict_video(
-    cfg: CfgNode,
+    settings: PredictSettings,
     path: str | Path,
     output_dir: str | Path,
     overwrite: bool = False,
     *,
-    predictor: BatchPredictor | None = None,
+    model: Model | None = None,
     pipeline: Pipeline | None = None,
     name: str | None = None,
-    outputs: tuple[Path, Path, Path, Path] | None = None,
+    paths: VideoPaths | None = None,
     rel: str | None = None,
     progress: bool = True,
 ) -> VideoResult:
     """Annotate one video (see the module docstring for the files written).
 
-    Args:
-        cfg: inference config (``load_model_config``); ``INSTSEG.VIDEO`` selects frames and the
-            codec, ``INSTSEG.PREDICT`` the batch size, classes, renderer and queue length.
-        path: the input video.
-        output_dir: created if missing.
-        overwrite: replace existing outputs; otherwise a video whose outputs exist is skipped.
-        predictor, pipeline: reuse a loaded model (built from ``cfg`` when both are None).
-        name: output base name (default: the input's stem).
-        outputs: (annotated video, predictions JSONL, tracks CSV, tracks JSON), as planned by
-            the predict job; they override ``name``.
-        rel: the input's name below the SOURCE root, for its frames' identity.
-        progress: show a tqdm bar in frames.
+    ``settings`` are the job's (``settings.video`` selects frames and the codec); ``overwrite``
+    replaces existing outputs, else a video whose outputs exist is skipped; ``model`` or
+    ``pipeline`` reuse a loaded model; ``name`` is the output base name (default: the input's
+    stem), unless ``paths`` gives the outputs as the job planned them; ``rel`` is the input's
+    name below the SOURCE root; ``progress`` shows a tqdm bar in frames.
 
     Raises:
         VideoReadError: the input is not a readable video, or the selection holds no frame.
@@ -245,110 +260,71 @@ def predict_video(
             behind under the final names).
         VideoError: a frame could not be predicted or drawn.
     """
-    options = VideoOptions.from_cfg(cfg)
-    track_options = TrackOptions.from_cfg(cfg)
-    path, output_dir = Path(path), Path(output_dir)
-    video_path, jsonl_path, csv_path, summary_path = outputs or output_paths(
-        output_dir, name or path.stem
-    )
+    path = Path(path)
+    paths = paths or VideoPaths.named(Path(output_dir), name or path.stem)
     result = VideoResult(source=path)
-    targets = [video_path, jsonl_path] if options.render else [jsonl_path]
-    if track_options.enabled:
-        targets += [csv_path, summary_path]
-    if video_path.resolve() == path.resolve():
-        raise VideoWriteError(f"{video_path}: output would replace the input video")
-    existing = [t for t in targets if t.exists()]
-    if existing and not overwrite:
-        logger.warning("%s: %s exists; skipping (pass --overwrite to redo)", path, existing[0])
+    if _outputs_exist(settings, path, paths) and not overwrite:
         result.skipped = True
         return result
-
-    started = time.perf_counter()
+    started, clock = time.perf_counter(), StageClock()
+    pipeline = pipeline or Pipeline(model or build_model(settings.cfg), settings, name="video")
     with open_video(path) as source:
         result.fps, result.width, result.height = source.fps, source.width, source.height
         result.source_bytes = path.stat().st_size
-        video_path.parent.mkdir(parents=True, exist_ok=True)
-        pipeline = pipeline or build_pipeline(cfg, predictor)
-        metadata = build_metadata(cfg)
-        renderer = writer = None
-        semantic = is_semantic(cfg)
-        if options.render:
-            if semantic:
-                renderer = SemanticRenderer(metadata, options.renderer)
-            else:
-                renderer = build_renderer(options.renderer, metadata, video=True)
-            writer = VideoWriter(
-                video_path,
-                # With a stride, frames keep their source times, so the nominal rate drops.
-                source.fps / options.stride,
-                source.width,
-                source.height,
-                codec=options.codec,
-                audio_source=path if source.has_audio else None,
-                publish=False,
-            )
-        jsonl = AtomicFile(jsonl_path)
-        tracker = None if semantic else build_tracker(track_options, source.width, source.height)
-        track_log = tracks_csv = None
-        if tracker is not None:
-            track_log = TrackLog(list(metadata.thing_classes), track_options.min_frames)
-            tracks_csv = AtomicFile(csv_path)
-        clock = StageClock()
-        total = expected_frames(source, options)
+        paths.video.parent.mkdir(parents=True, exist_ok=True)
+        files = _VideoFiles(settings, source, paths)
+        total = expected_frames(source, settings.video)
         with tqdm(
             total=total, desc=path.name, unit="frame", disable=not progress, dynamic_ncols=True
         ) as bar:
-            sink = _VideoSink(
-                renderer, options.draw_score, writer, jsonl, bar, tracker, track_log, tracks_csv,
-                list(metadata.stuff_classes) if semantic else None,
-            )  # fmt: skip
+            sink = _VideoSink(settings, files, bar)
             try:
-                frames = video_frames(source, rel or path.name, options)
+                frames = video_frames(source, rel or path.name, settings.video)
                 pipeline.run(frames, sink.stages(_MERGE_RENDER_ENCODE), clock)
                 if sink.frames == 0:
-                    span = f"{options.start if options.start is not None else 0:g}s to "
-                    span += f"{options.end:g}s" if options.end is not None else "the end"
-                    raise VideoReadError(f"{path}: no frames to process ({span} selected)")
-                written = writer.close() if writer is not None else None
+                    raise VideoReadError(f"{path}: no frames to process ({_span(settings)})")
+                result.written = files.close_video()
             except BaseException:
-                if writer is not None:
-                    writer.abort()
-                jsonl.discard()
-                if tracks_csv is not None:
-                    tracks_csv.discard()
+                files.abort()
                 raise
-            # The video and its predictions become visible together, or (killed) on the next run.
-            pairs = [(jsonl.close_unpublished(), jsonl_path)]
-            if track_log is not None:
-                summary = AtomicFile(summary_path)
-                summary.write(track_log.summary_text(source.fps, options.stride))
-                pairs += [
-                    (tracks_csv.close_unpublished(), csv_path),
-                    (summary.close_unpublished(), summary_path),
-                ]
-            if written is not None:
-                pairs.append((writer.temp_file, video_path))
-            commit_together(pairs, commit_journal(output_dir, jsonl_path.name))
-            if overwrite:
-                # An earlier run's files that this one did not write would contradict the new
-                # predictions: its tracks (now untracked), its annotated video (now unrendered).
-                stale = [csv_path, summary_path] if track_log is None else []
-                for old in stale + ([video_path] if written is None else []):
-                    old.unlink(missing_ok=True)
+            files.publish(result.written, source.fps, overwrite)
         result.first_bad_frame = source.first_bad_frame
-
-    result.seconds = time.perf_counter() - started
-    result.frames, result.instances = sink.frames, sink.instances
-    result.predictions = jsonl_path
-    if track_log is not None:
-        result.tracks = csv_path
-        result.objects = track_log.objects_per_class()
-    result.written = written
-    result.video = video_path if written is not None else None
-    result.throughput = clock.throughput() or (result.frames / result.seconds)
-    result.stage_ms = clock.stage_ms()
+    _finish_result(result, time.perf_counter() - started, sink, clock)
     _log_result(result)
     return result
+
+
+def _finish_result(result: VideoResult, seconds: float, sink: _VideoSink, clock: StageClock):
+    """What a finished video's sink counted, where its files went, and its timing."""
+    paths = sink.files.paths
+    result.seconds = seconds
+    result.frames, result.instances = sink.frames, sink.instances
+    result.predictions = paths.predictions
+    if sink.files.track_log is not None:
+        result.tracks = paths.tracks
+        result.objects = sink.files.track_log.objects_per_class()
+    result.video = paths.video if result.written is not None else None
+    result.throughput = clock.throughput() or (result.frames / result.seconds)
+    result.stage_ms = clock.stage_ms()
+
+
+def _outputs_exist(settings: PredictSettings, path: Path, paths: VideoPaths) -> bool:
+    """Whether an earlier run's outputs are there (logged); refuses to overwrite the input."""
+    if paths.video.resolve() == path.resolve():
+        raise VideoWriteError(f"{paths.video}: output would replace the input video")
+    targets = [paths.video, paths.predictions] if settings.video.render else [paths.predictions]
+    if settings.tracking:
+        targets += [paths.tracks, paths.track_summary]
+    existing = [t for t in targets if t.exists()]
+    if existing:
+        logger.warning("%s: %s exists; skipping (pass --overwrite to redo)", path, existing[0])
+    return bool(existing)
+
+
+def _span(settings: PredictSettings) -> str:
+    start, end = settings.video.start, settings.video.end
+    span = f"{start if start is not None else 0:g}s to "
+    return span + (f"{end:g}s selected" if end is not None else "the end selected")
 
 
 def _log_result(result: VideoResult) -> None:

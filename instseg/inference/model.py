@@ -1,15 +1,18 @@
-"""The model side of inference, shared by image folders and videos.
+"""The model step of inference: one small interface, :class:`Model`, that the pipeline calls
+for every source and every sink, and its PyTorch implementation.
 
 :class:`BatchPredictor` is Detectron2's ``DefaultPredictor`` split into its two halves,
 preprocessing (resize, to tensor: runs in a worker thread) and the forward pass (several images
 per call), giving the same instances as ``DefaultPredictor.__call__`` on each image (exactly
 with batch size 1; to float rounding, ~1e-3 px, when several images share a forward pass).
+Another runtime (an exported model) implements :class:`Model` and plugs in through
+:func:`build_model` without touching sources, sinks, tracking, tiling or the job.
 """
 
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,16 +22,8 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.structures import Instances
 
 import instseg.modeling  # noqa: F401  (registers instseg's meta-architectures)
-from instseg.config import (
-    CLASSICAL_ARCHITECTURE,
-    ConfigError,
-    build_cfg,
-    is_semantic,
-    load_config_yaml,
-)
-from instseg.engine.checkpoints import FinetuneCheckpointer, check_weights, resolve_weights
+from instseg.engine.checkpoints import FinetuneCheckpointer
 from instseg.engine.precision import PrecisionModel, resolve_precision
-from instseg.inference.tiles import TileOptions
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +38,21 @@ class ModelInput:
 
     def as_dict(self) -> dict:
         return {"image": self.image, "height": self.height, "width": self.width}
+
+
+class Model(Protocol):
+    """What the pipeline needs of a model: preprocess one image (in a worker thread), then run
+    a batch and return, per image, fp32 Detectron2 ``Instances`` on the CPU at the image's size
+    or, for a semantic model, its H x W class-id map."""
+
+    def preprocess(self, image_bgr: np.ndarray) -> ModelInput: ...
+
+    def predict(self, inputs: Sequence[ModelInput]) -> list[Instances | torch.Tensor]: ...
+
+
+def build_model(cfg: CfgNode) -> Model:
+    """The model a config names, loaded and prepared for inference."""
+    return BatchPredictor(cfg)
 
 
 class BatchPredictor(DefaultPredictor):
@@ -156,95 +166,6 @@ def optimize_for_inference(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def load_model_config(
-    config_files: Sequence[str], weights: str | None, opts: Sequence[str] = ()
-) -> CfgNode:
-    """The inference config: project YAMLs and overrides, with ``weights`` resolved to a file.
-
-    Class names come from the config (``INSTSEG.THING_CLASSES``), else from the ``config.yaml``
-    that training wrote beside the checkpoint, so drawings name the fine-tuned classes.
-    ``INSTSEG.PREDICT.PRECISION auto`` becomes the precision it picks on ``MODEL.DEVICE``, so the
-    run's config.yaml says what the network ran in and resuming on another machine that would
-    pick another precision predicts again.
-    """
-    opts = list(opts)
-    if weights:
-        opts += ["MODEL.WEIGHTS", weights]
-    cfg = build_cfg(config_files, opts, freeze=False)
-    if cfg.MODEL.META_ARCHITECTURE == CLASSICAL_ARCHITECTURE:
-        _set_classical_classes(cfg)
-    elif not cfg.MODEL.WEIGHTS:
-        raise ConfigError("no weights: pass --weights FILE (a checkpoint from instseg train)")
-    run_config = Path(cfg.MODEL.WEIGHTS).parent / "config.yaml"
-    semantic = is_semantic(cfg)
-    named = cfg.INSTSEG.SEMANTIC.CLASSES if semantic else cfg.INSTSEG.THING_CLASSES
-    if not named and run_config.is_file():
-        trained = load_config_yaml(run_config).get("INSTSEG") or {}
-        if semantic:
-            classes = (trained.get("SEMANTIC") or {}).get("CLASSES") or []
-        else:
-            classes = trained.get("THING_CLASSES") or []
-        if classes:
-            _set_classes(cfg, list(classes), semantic)
-            logger.info("Class names from %s: %s", run_config, ", ".join(classes))
-    cfg.MODEL.WEIGHTS = resolve_weights(cfg.MODEL.WEIGHTS)
-    precision = resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE)
-    if precision.name != cfg.INSTSEG.PREDICT.PRECISION:
-        logger.info("INSTSEG.PREDICT.PRECISION %s: %s (%s)", cfg.INSTSEG.PREDICT.PRECISION,
-                    precision.name, precision.reason)  # fmt: skip
-        cfg.INSTSEG.PREDICT.PRECISION = precision.name
-    cfg.freeze()
-    return cfg
-
-
-def _set_classical_classes(cfg: CfgNode) -> None:
-    """A classical method's classes follow from its settings (no checkpoint to name them)."""
-    from instseg.modeling.classical import METHODS, classical_classes
-
-    method, clusters = cfg.MODEL.CLASSICAL.METHOD, int(cfg.MODEL.CLASSICAL.CLUSTERS)
-    if method not in METHODS:
-        raise ConfigError(f"MODEL.CLASSICAL.METHOD {method!r}: choose one of {', '.join(METHODS)}")
-    if method == "kmeans" and not 2 <= clusters <= 8:
-        raise ConfigError(f"MODEL.CLASSICAL.CLUSTERS {clusters}: k-means takes 2 to 8 clusters")
-    _set_classes(cfg, classical_classes(cfg), semantic=not cfg.MODEL.CLASSICAL.INSTANCES)
-
-
-def _set_classes(cfg: CfgNode, names: list[str], semantic: bool) -> None:
-    """The model's class names and, to match, its class count."""
-    if semantic:
-        cfg.INSTSEG.SEMANTIC.CLASSES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = names, len(names)
-    else:
-        cfg.INSTSEG.THING_CLASSES, cfg.MODEL.ROI_HEADS.NUM_CLASSES = names, len(names)
-
-
-def check_model_cfg(cfg: CfgNode) -> None:
-    """What a job checks about the model before it writes anything (the model itself loads
-    later, in each process): the class filter, the precision, the tiling and the checkpoint's
-    contents."""
-    class_filter(cfg)
-    resolve_precision(cfg.INSTSEG.PREDICT.PRECISION, cfg.MODEL.DEVICE)
-    tiles = TileOptions.from_cfg(cfg)
-    if tiles.enabled and is_semantic(cfg):
-        raise ConfigError("INSTSEG.PREDICT.TILES: tiling is for instance models")
-    check_weights(cfg.MODEL.WEIGHTS)
-
-
-def class_filter(cfg: CfgNode) -> list[int] | None:
-    """Contiguous ids of ``INSTSEG.PREDICT.CLASSES`` (None: keep all); unknown names are errors."""
-    wanted = list(cfg.INSTSEG.PREDICT.CLASSES)
-    if not wanted:
-        return None
-    if is_semantic(cfg):
-        raise ConfigError("--classes: a semantic model labels every pixel; filter its outputs")
-    from instseg.data.catalog import build_metadata
-
-    names = build_metadata(cfg).thing_classes
-    unknown = [name for name in wanted if name not in names]
-    if unknown:
-        raise ConfigError(f"--classes: unknown class {unknown[0]!r}; the model has {names}")
-    return [names.index(name) for name in wanted]
-
-
 def instances_to_draw(instances: Instances, min_score: float) -> Instances:
     """What a picture shows: instances scoring at least ``min_score`` (``DRAW_SCORE``)."""
     if min_score <= 0 or len(instances) == 0:
@@ -252,7 +173,7 @@ def instances_to_draw(instances: Instances, min_score: float) -> Instances:
     return instances[instances.scores >= min_score]
 
 
-def filter_instances(instances: Instances, keep_classes: list[int] | None) -> Instances:
+def filter_instances(instances: Instances, keep_classes: Sequence[int] | None) -> Instances:
     if keep_classes is None or len(instances) == 0:
         return instances
     keep = torch.isin(instances.pred_classes, torch.as_tensor(keep_classes))

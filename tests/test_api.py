@@ -12,7 +12,8 @@ import torch
 
 from instseg import Predictor, Result
 from instseg.data.sample_video import iter_sample_video_frames
-from instseg.inference.predictor import BatchPredictor, load_model_config
+from instseg.inference.model import BatchPredictor
+from instseg.inference.settings import load_model_config
 from instseg.io.clips import write_test_clip
 from instseg.io.images import read_image
 
@@ -103,7 +104,7 @@ def test_pictures_show_only_instances_above_the_draw_score(trained_run, inputs):
 def test_video_frames_carry_the_track_ids_of_the_cli(trained_run, inputs, tmp_path):
     """A video's frames get the ids `instseg predict` writes to its JSONL, counted from 1 again
     for each video; with tracking off, no ids."""
-    from instseg.inference.video import predict_video
+    from instseg.inference.video_sink import predict_video
 
     clip = inputs[1]
     run = trained_run / "config.yaml", trained_run / "model_final.pth"
@@ -115,7 +116,7 @@ def test_video_frames_carry_the_track_ids_of_the_cli(trained_run, inputs, tmp_pa
     assert sorted(ids[0]) == list(range(1, len(ids[0]) + 1)) and len(ids[0]) > 0
 
     written = predict_video(
-        predictor.cfg, clip, tmp_path, predictor=predictor.model, progress=False
+        predictor.settings, clip, tmp_path, model=predictor.model, progress=False
     )
     lines = [json.loads(line) for line in written.predictions.read_text().splitlines()]
     assert [[r["track_id"] for r in line["results"]] for line in lines] == ids[:3]

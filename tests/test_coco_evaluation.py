@@ -17,13 +17,17 @@ from detectron2.evaluation import coco_evaluation as d2_coco
 from detectron2.structures import Boxes, Instances
 from pycocotools.coco import COCO
 
+from instseg.engine.coco_evaluation import (
+    InstsegCOCOEvaluator,
+    has_compiled_ops,
+    select_cocoeval_backend,
+)
 from instseg.engine.evaluate import (
     AP_METRICS,
     format_ap_table,
     format_per_class_ap,
     write_results_json,
 )
-from instseg.engine.evaluator import InstsegCOCOEvaluator, has_compiled_ops, select_cocoeval_backend
 
 # Non-contiguous ids exercise Detectron2's contiguous <-> dataset id mapping.
 CATEGORIES = [{"id": 1, "name": "alpha"}, {"id": 3, "name": "beta"}, {"id": 7, "name": "gamma"}]
