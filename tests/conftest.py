@@ -53,6 +53,32 @@ TINY_OPTS = [
 ]  # fmt: skip
 
 
+def build_once(tmp_path_factory, name: str, build):
+    """``build(folder)`` once per test session, however many xdist workers need it: the first
+    to ask builds it under a lock in the folder the workers share, the others wait and load its
+    pickled result. A failed build fails every asker at once instead of running again."""
+    import fcntl
+    import pickle
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    done, failed = root / f"{name}.pickle", root / f"{name}.failed"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists() and not failed.exists():
+            folder = root / name
+            folder.mkdir(exist_ok=True)
+            try:
+                value = build(folder)
+            except BaseException as e:
+                failed.write_text(f"{name}: {type(e).__name__}: {e}"[-3000:])
+                raise
+            done.write_bytes(pickle.dumps(value))
+    assert not failed.exists(), failed.read_text()
+    return pickle.loads(done.read_bytes())
+
+
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory):
     """The built-in synthetic dataset (24 train / 8 val images of 128x128 px), written once."""
@@ -100,14 +126,12 @@ def trained_run(tmp_path_factory, dataset_opts, tiny_opts):
     config.yaml, model_final.pth, metrics.json, log.txt, last_checkpoint."""
     from instseg.engine.trainer import TrainRequest, train
 
-    run_dir = tmp_path_factory.mktemp("trained_run")
-    request = TrainRequest(
-        [str(DEMO_CONFIG)],
-        opts=dataset_opts + tiny_opts + ["SOLVER.MAX_ITER", str(TRAINED_RUN_ITERS)],
-        output_dir=str(run_dir),
-    )
-    train(request)
-    return run_dir
+    def build(run_dir: Path) -> Path:
+        opts = dataset_opts + tiny_opts + ["SOLVER.MAX_ITER", str(TRAINED_RUN_ITERS)]
+        train(TrainRequest([str(DEMO_CONFIG)], opts=opts, output_dir=str(run_dir)))
+        return run_dir
+
+    return build_once(tmp_path_factory, "trained_run", build)
 
 
 # The semantic CPU configs at test sizes: a few iterations of 128 px images, evaluated once at
@@ -137,10 +161,12 @@ def semantic_run(tmp_path_factory, sample_dataset):
     on ``sample_dataset``, its masks rendered from the COCO JSON."""
     from instseg.engine.trainer import TrainRequest, train
 
-    run_dir = tmp_path_factory.mktemp("semantic_run")
-    opts = semantic_dataset_opts(sample_dataset, "unet") + SEMANTIC_TINY_OPTS
-    results = train(TrainRequest([str(UNET_CONFIG)], opts=opts, output_dir=str(run_dir)))
-    return run_dir, results, opts
+    def build(run_dir: Path):
+        opts = semantic_dataset_opts(sample_dataset, "unet") + SEMANTIC_TINY_OPTS
+        results = train(TrainRequest([str(UNET_CONFIG)], opts=opts, output_dir=str(run_dir)))
+        return run_dir, results, opts
+
+    return build_once(tmp_path_factory, "semantic_run", build)
 
 
 @pytest.fixture(scope="session")
@@ -185,41 +211,34 @@ DEMO_TEST_ITERATIONS = 120
 def demo_run(tmp_path_factory):
     """(output folder, stdout) of one `instseg demo --quick --iterations 120` run, as a newcomer
     runs the demo; its model (train/model_final.pth) serves the tests that need one that has
-    learned something. It takes minutes, so under xdist the first worker to need it runs it and
-    the others wait for it (a lock in the folder the workers share); a failed run fails them all
-    at once instead of running again."""
-    import fcntl
+    learned something. It takes minutes: built once for all xdist workers (``build_once``)."""
     import subprocess
     import sys
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the session's folder, above each worker's own
-    out, printed, failed = root / "demo", root / "demo.stdout", root / "demo.failed"
-    with open(root / "demo.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not printed.exists() and not failed.exists():
-            out.mkdir(exist_ok=True)
-            command = [sys.executable, "-m", "instseg.cli", "demo", "--quick", "--output", str(out)]
-            command += ["--iterations", str(DEMO_TEST_ITERATIONS)]
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-            target = printed if proc.returncode == 0 else failed
-            target.write_text(proc.stdout if proc.returncode == 0 else proc.stderr[-3000:])
-    assert not failed.exists(), failed.read_text()
-    return out, printed.read_text()
+    def build(out: Path) -> tuple[Path, str]:
+        command = [sys.executable, "-m", "instseg.cli", "demo", "--quick", "--output", str(out)]
+        command += ["--iterations", str(DEMO_TEST_ITERATIONS)]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return out, proc.stdout
+
+    return build_once(tmp_path_factory, "demo", build)
 
 
-def kill_at_random_moments(command: list[str], env: dict, duration: float, seed: int) -> int:
-    """Start ``command`` 10 times, each killed with SIGKILL at a random moment between a quarter
-    and three quarters of ``duration`` (if still running); returns how many were killed. A
-    resumed run has less left to do, so moments near ``duration`` would mostly come too late."""
+def kill_at_random_moments(
+    command: list[str], env: dict, duration: float, seed: int, attempts: int = 6
+) -> int:
+    """Start ``command`` ``attempts`` times, each killed with SIGKILL at a random moment between
+    a quarter and three quarters of ``duration`` (if still running); returns how many were
+    killed. A resumed run has less left to do, so moments near ``duration`` would mostly come
+    too late."""
     import signal
     import subprocess
 
     import numpy as np
 
     kills = 0
-    for moment in np.random.default_rng(seed).uniform(0.25, 0.75, size=10) * duration:
+    for moment in np.random.default_rng(seed).uniform(0.25, 0.75, size=attempts) * duration:
         proc = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
         )

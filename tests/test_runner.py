@@ -638,7 +638,7 @@ def test_a_mixed_folder_is_one_job(tmp_path, random_init_run, sample_dataset, wo
 def test_sigkill_at_random_moments_then_skip_existing_ends_like_one_run(
     tmp_path, random_init_run, sample_dataset
 ):
-    """A mixed folder (images and a video) killed at 10 random moments, re-run with
+    """A mixed folder (images and a video) killed at 6 random moments, re-run with
     --skip-existing after each kill, ends with one uninterrupted run's outputs, record for
     record, and no temporary file."""
     available = sorted(p.name for p in sample_dataset.val_images.glob("*.jpg"))

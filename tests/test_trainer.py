@@ -10,12 +10,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import pytest
 import torch
 import yaml
-from conftest import DEMO_CONFIG, REPO_ROOT
+from conftest import DEMO_CONFIG, REPO_ROOT, build_once
 from detectron2.solver import build_lr_scheduler
 
 from instseg.config import build_cfg
@@ -83,64 +84,67 @@ def _best_record(evaluations, start=(None, None)):
 def resumed_run(tmp_path_factory, dataset_opts, tiny_opts):
     """A run started with ``instseg train``, SIGKILLed once its second periodic checkpoint was
     written, inspected, then finished with ``instseg train --resume``."""
-    root = tmp_path_factory.mktemp("resume")
-    run = root / "run"
 
-    def command(*flags):
-        args = ["train", *flags, "--config", str(DEMO_CONFIG), "--output", str(run)]
-        return _instseg(*args, *dataset_opts, *tiny_opts, *RESUME_OPTS)
+    def build(root: Path) -> dict:
+        run = root / "run"
 
-    with open(root / "first.out", "w") as out:
-        first = subprocess.Popen(command(), cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-        tag = run / "last_checkpoint"
-        deadline = time.monotonic() + 540
-        try:
-            while not (tag.is_file() and tag.read_text().strip() == KILL_AT_CHECKPOINT):
-                assert first.poll() is None, (root / "first.out").read_text()[-3000:]
-                assert time.monotonic() < deadline, "no checkpoint in time"
-                time.sleep(0.05)
-        finally:
-            os.kill(first.pid, signal.SIGKILL)
-            first.wait()
-    assert first.returncode == -signal.SIGKILL
-    killed_at = tag.read_text().strip()
-    checkpoint = _load(run / killed_at)
-    killed_metrics = _read_records(run / "metrics.json")
+        def command(*flags):
+            args = ["train", *flags, "--config", str(DEMO_CONFIG), "--output", str(run)]
+            return _instseg(*args, *dataset_opts, *tiny_opts, *RESUME_OPTS)
 
-    # What a resume would load, checked in this process before the CLI resumes for real.
-    inspect = root / "inspect"
-    inspect.mkdir()
-    (inspect / "last_checkpoint").write_text(str(run / killed_at))
-    cfg = build_train_cfg(TrainRequest([str(run / "config.yaml")], output_dir=str(inspect)))
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=True)
-    restored = {
-        "start_iter": trainer.start_iter,
-        "best": next(h for h in trainer._hooks if isinstance(h, BestCheckpointer)),
-        "scheduler_epoch": trainer.scheduler.last_epoch,
-        "optimizer": trainer.optimizer.state_dict(),
-    }
-    restored["best"] = (restored["best"].best_metric, restored["best"].best_iter)
-    del trainer
+        with open(root / "first.out", "w") as out:
+            first = subprocess.Popen(command(), cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+            tag = run / "last_checkpoint"
+            deadline = time.monotonic() + 540
+            try:
+                while not (tag.is_file() and tag.read_text().strip() == KILL_AT_CHECKPOINT):
+                    assert first.poll() is None, (root / "first.out").read_text()[-3000:]
+                    assert time.monotonic() < deadline, "no checkpoint in time"
+                    time.sleep(0.05)
+            finally:
+                os.kill(first.pid, signal.SIGKILL)
+                first.wait()
+        assert first.returncode == -signal.SIGKILL
+        killed_at = tag.read_text().strip()
+        checkpoint = _load(run / killed_at)
+        killed_metrics = _read_records(run / "metrics.json")
 
-    with open(root / "second.out", "w") as out:
-        second = subprocess.run(
-            command("--resume"),
-            cwd=REPO_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=540,
-        )
-    assert second.returncode == 0, (root / "second.out").read_text()[-3000:]
-    return {
-        "run": run,
-        "terminal": (root / "first.out").read_text() + (root / "second.out").read_text(),
-        "killed_at": killed_at,
-        "checkpoint": checkpoint,
-        "killed_metrics": killed_metrics,
-        "restored": restored,
-        "cfg": build_cfg([str(run / "config.yaml")]),
-    }
+        # What a resume would load, checked in this process before the CLI resumes for real.
+        inspect = root / "inspect"
+        inspect.mkdir()
+        (inspect / "last_checkpoint").write_text(str(run / killed_at))
+        cfg = build_train_cfg(TrainRequest([str(run / "config.yaml")], output_dir=str(inspect)))
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=True)
+        restored = {
+            "start_iter": trainer.start_iter,
+            "best": next(h for h in trainer._hooks if isinstance(h, BestCheckpointer)),
+            "scheduler_epoch": trainer.scheduler.last_epoch,
+            "optimizer": trainer.optimizer.state_dict(),
+        }
+        restored["best"] = (restored["best"].best_metric, restored["best"].best_iter)
+        del trainer
+
+        with open(root / "second.out", "w") as out:
+            second = subprocess.run(
+                command("--resume"),
+                cwd=REPO_ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=540,
+            )
+        assert second.returncode == 0, (root / "second.out").read_text()[-3000:]
+        return {
+            "run": run,
+            "terminal": (root / "first.out").read_text() + (root / "second.out").read_text(),
+            "killed_at": killed_at,
+            "checkpoint": checkpoint,
+            "killed_metrics": killed_metrics,
+            "restored": restored,
+            "cfg": build_cfg([str(run / "config.yaml")]),
+        }
+
+    return build_once(tmp_path_factory, "resumed_run", build)
 
 
 def test_run_folder_is_self_describing(resumed_run):
