@@ -3,7 +3,7 @@
 #
 #   scripts/annotate_videos.sh VIDEOS_DIR RUN_DIR [OUT_DIR] [extra args for instseg predict]
 #
-# VIDEOS_DIR  folder of videos (.mp4, .mov, .mkv, ...); other files are ignored by instseg predict
+# VIDEOS_DIR  folder of videos (.mp4, .mov, .mkv, ...); images in it are predicted too (one job)
 # RUN_DIR     a finished `instseg train` run: RUN_DIR/config.yaml and RUN_DIR/model_final.pth
 # OUT_DIR     where NAME.mp4 and NAME.predictions.jsonl go (default: RUN_DIR/videos)
 #

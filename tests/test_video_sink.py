@@ -382,7 +382,7 @@ def test_folder_with_a_bad_file_goes_on(make_cfg, predictor, tmp_path, caplog):
 
 
 def test_skip_existing_predicts_a_video_again_after_a_config_or_file_change(
-    make_cfg, predictor, tmp_path
+    make_cfg, predictor, tmp_path, caplog
 ):
     """--skip-existing reuses a video only under the same config and the same file, and
     config.yaml always describes every result in the folder."""
@@ -400,9 +400,11 @@ def test_skip_existing_predicts_a_video_again_after_a_config_or_file_change(
     same, again, _ = run()
     assert (same.ok, same.skipped) == (0, 1) and again == config
 
-    # Another config: predicted again, and config.yaml is the new one.
-    changed, config, records = run("INSTSEG.VIDEO.FRAME_STRIDE", "2")
-    assert (changed.ok, changed.skipped) == (1, 0)
+    # Another config: predicted again (replacing, not "skipping", its earlier outputs), and
+    # config.yaml is the new one.
+    with caplog.at_level(logging.WARNING, logger="instseg"):
+        changed, config, records = run("INSTSEG.VIDEO.FRAME_STRIDE", "2")
+    assert (changed.ok, changed.skipped) == (1, 0) and "skipping" not in caplog.text
     assert "FRAME_STRIDE: 2" in config and [r["frame"] for r in records] == [0, 2]
 
     # The same config but a changed file under the same name: predicted again.

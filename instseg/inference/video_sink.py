@@ -23,9 +23,9 @@ the tracker first (its own thread: ids need the frames in order, which every sta
 two output stages: render (drawing and the JSONL record) and write (encoding and the JSONL
 line), a thread each, so encoding overlaps a slow renderer (one thread doing both measured the
 same within noise with the fast renderer on two cores: scripts/bench_video.py --merged). A
-failure on any frame fails that video with one line;
-:func:`~instseg.inference.runner.predict_videos` goes on with the next. The video, its JSONL
-and its track files become visible together (one commit journal).
+failure on any frame fails that video with one line; the predict job
+(:func:`~instseg.inference.runner.predict`) records it and goes on with the next input. The
+video, its JSONL and its track files become visible together (one commit journal).
 """
 
 from __future__ import annotations
@@ -248,11 +248,10 @@ def predict_video(
 ) -> VideoResult:
     """Annotate one video (see the module docstring for the files written).
 
-    ``settings`` are the job's (``settings.video`` selects frames and the codec); ``overwrite``
-    replaces existing outputs, else a video whose outputs exist is skipped; ``model`` or
-    ``pipeline`` reuse a loaded model; ``name`` is the output base name (default: the input's
-    stem), unless ``paths`` gives the outputs as the job planned them; ``rel`` is the input's
-    name below the SOURCE root; ``progress`` shows a tqdm bar in frames.
+    ``settings.video`` selects frames and the codec; ``overwrite`` replaces existing outputs,
+    else a video whose outputs exist is skipped; ``model`` or ``pipeline`` reuse a loaded model;
+    ``name`` is the output base name (default: the input's stem) unless ``paths`` gives the
+    outputs as the job planned them; ``rel`` is the input's name below the SOURCE root.
 
     Raises:
         VideoReadError: the input is not a readable video, or the selection holds no frame.
@@ -263,7 +262,9 @@ def predict_video(
     path = Path(path)
     paths = paths or VideoPaths.named(Path(output_dir), name or path.stem)
     result = VideoResult(source=path)
-    if _outputs_exist(settings, path, paths) and not overwrite:
+    existing = _existing_outputs(settings, path, paths)
+    if existing and not overwrite:
+        logger.warning("%s: %s exists; skipping (pass --overwrite to redo)", path, existing[0])
         result.skipped = True
         return result
     started, clock = time.perf_counter(), StageClock()
@@ -308,17 +309,14 @@ def _finish_result(result: VideoResult, seconds: float, sink: _VideoSink, clock:
     result.stage_ms = clock.stage_ms()
 
 
-def _outputs_exist(settings: PredictSettings, path: Path, paths: VideoPaths) -> bool:
-    """Whether an earlier run's outputs are there (logged); refuses to overwrite the input."""
+def _existing_outputs(settings: PredictSettings, path: Path, paths: VideoPaths) -> list[Path]:
+    """What an earlier run left of this video's outputs; refuses to overwrite the input."""
     if paths.video.resolve() == path.resolve():
         raise VideoWriteError(f"{paths.video}: output would replace the input video")
     targets = [paths.video, paths.predictions] if settings.video.render else [paths.predictions]
     if settings.tracking:
         targets += [paths.tracks, paths.track_summary]
-    existing = [t for t in targets if t.exists()]
-    if existing:
-        logger.warning("%s: %s exists; skipping (pass --overwrite to redo)", path, existing[0])
-    return bool(existing)
+    return [t for t in targets if t.exists()]
 
 
 def _span(settings: PredictSettings) -> str:
