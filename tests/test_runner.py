@@ -588,6 +588,29 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def test_an_input_failing_when_predicted_again_loses_its_earlier_outputs(
+    tmp_path, random_init_run, sample_dataset
+):
+    """Outputs made from another version of an input do not stay beside a config.yaml that
+    did not make them: an input predicted again that fails is an error row without outputs."""
+    layout = [("00000.jpg", "a.jpg"), ("00001.jpg", "b.jpg")]
+    images = _copy_tree(sample_dataset, tmp_path / "in", layout)
+    output = tmp_path / "out"
+    masks = ["INSTSEG.PREDICT.SAVE_MASKS", "True"]
+    _run(random_init_run, images, output, masks)
+    assert (output / "b.jpg").is_file() and (output / "b.masks.png").is_file()
+    (images / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 no longer a picture")
+    result = _run(random_init_run, images, output, masks, existing="skip")
+    assert (result.skipped, result.errors) == (1, 1)
+    assert [(r["path"], r["status"]) for r in _manifest(output)] == [
+        ("a.jpg", "skipped"),
+        ("b.jpg", "error"),
+    ]
+    assert not (output / "b.jpg").exists() and not (output / "b.masks.png").exists()
+    assert (output / "a.jpg").is_file() and (output / "a.masks.png").is_file()
+    assert [i["file_name"] for i in _load(output, "images.json")["images"]] == ["a.jpg"]
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_mixed_folder_is_one_job(tmp_path, random_init_run, sample_dataset, workers):
     """Images and videos in one folder: one run, one manifest with a row per input in input

@@ -71,7 +71,7 @@ def finalize(
     config = AtomicFile(output_dir / CONFIG_FILE)
     files = (predictions, images, manifest, index, config)
     identities: dict[str, list[int]] = {}
-    failed: list[Task] = []
+    failed: list[Task | None] = []
     try:
         expected = 0
         for record in _with_missing(merged, job.total, tasks_by_index):
@@ -80,10 +80,8 @@ def finalize(
             expected += 1
             manifest.add(record)
             _count(result, record)
-            if record["status"] == ERROR:
-                failed += (
-                    [tasks_by_index[record["index"]]] if record["index"] in tasks_by_index else []
-                )
+            if record["status"] == ERROR:  # a task of this run (reused records are never errors)
+                failed.append(tasks_by_index.get(record["index"]))
                 continue
             identities[record["path"]] = record["identity"]
             if record.get("kind") == VIDEO:
@@ -119,10 +117,10 @@ def _count(result: PredictResult, record: dict) -> None:
         result.tracked[record["tracks_file"]] = record["objects"]
 
 
-def _remove_outputs(output_dir: Path, tasks: Sequence[Task]) -> None:
+def _remove_outputs(output_dir: Path, tasks: Sequence[Task | None]) -> None:
     """Remove what earlier runs wrote for ``tasks``, inputs this run failed on: those outputs
     were made from another config or another version of the input."""
-    for task in tasks:
+    for task in filter(None, tasks):
         for name in task.outputs.values():
             (output_dir / name).unlink(missing_ok=True)
 
