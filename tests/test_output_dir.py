@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -86,6 +85,5 @@ def test_check_output_dir_ignores_only_bookkeeping(tmp_path):
 def test_lock_is_released_on_error(tmp_path):
     with pytest.raises(RuntimeError), OutputLock(tmp_path):
         raise RuntimeError("boom")
-    start = time.monotonic()
-    with OutputLock(tmp_path):
-        assert time.monotonic() - start < 5
+    with OutputLock(tmp_path):  # a held lock refuses at once, so this takes it released
+        pass

@@ -181,10 +181,15 @@ def test_predictions_evaluate_against_the_dataset(reference, sample_dataset):
     detections = ground_truth.loadRes(str(output / "predictions.json"))
     evaluator = COCOeval(ground_truth, detections, "segm")
     evaluator.params.imgIds = sorted({p["image_id"] for p in _load(output, "predictions.json")})
+    evaluator.params.useCats = 0  # the random model's classes are noise; the ids are the point
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
-    assert len(evaluator.stats) == 12
+    # Every predicted image meets the dataset's image of the same id in COCOeval, ground truth
+    # and detections on both sides (AP is -1 where either side is missing).
+    met = {e["image_id"] for e in evaluator.evalImgs if e and e["gtIds"] and e["dtIds"]}
+    assert met == set(evaluator.params.imgIds) and len(met) == len(LAYOUT)
+    assert evaluator.stats[0] >= 0
 
     # images.json names the dataset's ids and categories and works as a ground truth on its own.
     images = _load(output, "images.json")

@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import motmetrics as mm
 import numpy as np
 import pytest
 import torch
@@ -24,8 +25,6 @@ from instseg.viz.colors import track_colors
 from instseg.viz.fast_renderer import FastRenderer
 from instseg.viz.renderer import instance_labels
 from instseg.viz.visualizer import VisualizerRenderer
-
-mm = pytest.importorskip("motmetrics")
 
 SIZE = (240, 320)  # tracking_clip's default frame size (height, width)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 
@@ -12,8 +13,6 @@ from instseg.io.clips import write_test_clip
 from instseg.io.media import VideoReadError, VideoWriteError
 from instseg.io.video_reader import open_video
 from instseg.io.video_writer import VideoWriter, available_h264_encoder
-
-av = pytest.importorskip("av")
 
 needs_h264 = pytest.mark.skipif(available_h264_encoder() is None, reason="no H.264 encoder")
 CODECS = [pytest.param("h264", marks=needs_h264), "mp4v"]
