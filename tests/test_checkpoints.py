@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
+import urllib.request
 import uuid
 
 import pytest
@@ -42,23 +42,41 @@ CLASS_SPECIFIC = {
 KEPT_CATEGORIES = {2: "triangle", 4: "star", 5: "cross"}
 
 
-def _network_reachable(host="dl.fbaipublicfiles.com", port=443) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=3).close()
-    except OSError:
-        return False
-    return True
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
-def _subprocess_env(tmp_path):
-    # An empty download cache, so that nothing cached elsewhere hides a failed download.
-    return {**os.environ, "FVCORE_CACHE": str(tmp_path / "cache")}
+@pytest.fixture
+def offline_env(tmp_path) -> dict[str, str]:
+    """Variables that take the network away from a download, whether or not this machine has
+    one: every HTTP(S) request goes through a proxy address nothing listens on (refused at
+    once), and the download cache is empty, so nothing cached elsewhere hides the failure."""
+    proxy = f"http://127.0.0.1:{_closed_port()}"
+    variables = {"FVCORE_CACHE": str(tmp_path / "cache"), "NO_PROXY": "", "no_proxy": ""}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        variables[name] = proxy
+    return variables
 
 
 @pytest.fixture
 def empty_download_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def offline(offline_env, monkeypatch, tmp_path):
+    """This process without a network (see ``offline_env``); the empty cache's folder.
+    urllib reads the proxy variables when it builds its shared opener, so the opener is
+    dropped on the way in and out (``install_opener(None)``): no later test inherits the proxy."""
+    for name, value in offline_env.items():
+        monkeypatch.setenv(name, value)
+    urllib.request.install_opener(None)
+    yield tmp_path / "cache"
+    monkeypatch.undo()
+    urllib.request.install_opener(None)
 
 
 # --- describe_weights / resolve_weights ---------------------------------------------------------
@@ -98,18 +116,14 @@ def test_unknown_zoo_name_and_missing_file_are_weights_errors(tmp_path):
         describe_weights(str(tmp_path / "missing.pth"))
 
 
-def test_offline_zoo_weights_fail_fast_with_instructions(empty_download_cache):
-    if _network_reachable():
-        pytest.skip("the model zoo is reachable; this checks the offline behaviour")
-    started = time.monotonic()
+def test_offline_zoo_weights_fail_with_instructions(offline):
     with pytest.raises(WeightsError) as excinfo:
         resolve_weights(ZOO_CONFIG)
-    assert time.monotonic() - started < 30
     message = str(excinfo.value)
     assert "\n" not in message
     assert ZOO_URL in message and "download failed" in message
     assert "--weights" in message and SCRATCH_CONFIG in message
-    assert not list(empty_download_cache.rglob("*.pkl"))
+    assert not list(offline.rglob("*.pkl"))
 
 
 @pytest.fixture
@@ -134,39 +148,34 @@ def test_download_without_answer_times_out(silent_server, empty_download_cache, 
         except Exception as e:  # recorded for the assertions below
             outcome["error"] = e
 
-    started = time.monotonic()
     worker = threading.Thread(target=resolve, daemon=True)
     worker.start()
-    worker.join(timeout=20)
-    elapsed = time.monotonic() - started
+    worker.join(timeout=60)  # a guard against a hang, which fails the next line
     assert not worker.is_alive(), "download hung despite the socket timeout"
-    assert elapsed < 10
     assert isinstance(outcome.get("error"), WeightsError)
-    assert url in str(outcome["error"]) and "--weights" in str(outcome["error"])
+    message = str(outcome["error"])
+    # Given up by the socket timeout (DOWNLOAD_TIMEOUT_S), not by anything else.
+    assert url in message and "--weights" in message and "timed out" in message
 
 
-def test_cli_train_offline_zoo_weights_exit_2(tmp_path, dataset_opts):
-    if _network_reachable():
-        pytest.skip("the model zoo is reachable; this checks the offline behaviour")
+def test_cli_train_offline_zoo_weights_exit_2(tmp_path, dataset_opts, offline_env):
     command = [sys.executable, "-m", "instseg.cli", "train", "--config", str(R50_CONFIG)]
     command += ["--output", str(tmp_path / "run"), *dataset_opts]
-    started = time.monotonic()
     done = subprocess.run(
         command,
         cwd=REPO_ROOT,
-        env=_subprocess_env(tmp_path),
+        env={**os.environ, **offline_env},
         capture_output=True,
         text=True,
         timeout=180,
     )
-    elapsed = time.monotonic() - started
     assert done.returncode == 2, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, done.stderr
     assert ZOO_URL in errors[0] and "--weights" in errors[0] and SCRATCH_CONFIG in errors[0]
     assert "Traceback" not in done.stderr
-    # 30 s for the failed download at most, plus interpreter start-up and building the R50 model.
-    assert elapsed < 75
+    # Failed where the weights are resolved, before any model is built.
+    assert "GeneralizedRCNN" not in done.stdout + done.stderr
 
 
 # --- fine-tuning from a checkpoint with another number of classes ---------------------------------
