@@ -494,11 +494,14 @@ def test_same_stem_videos_in_two_folders_are_both_annotated(make_cfg, predictor,
 def test_a_kill_between_the_two_outputs_is_completed_by_the_next_run(
     make_cfg, predictor, tmp_path, monkeypatch
 ):
+    """A video in a subfolder of the SOURCE, its outputs in the same subfolder of the output:
+    the next run's lock, which looks in the output folder, finds the interrupted commit."""
     from instseg.io import atomic
 
-    (tmp_path / "in").mkdir()
-    clip = make_clip(tmp_path / "in" / "clip.mp4", n=3)
-    predict_job(make_cfg(), clip, tmp_path / "ref", model=predictor)
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    make_clip(tmp_path / "in" / "sub" / "clip.mp4", n=3)
+    source = tmp_path / "in"
+    predict_job(make_cfg(), source, tmp_path / "ref", model=predictor)
     out = tmp_path / "out"
     original, calls = atomic.publish, []
 
@@ -510,18 +513,19 @@ def test_a_kill_between_the_two_outputs_is_completed_by_the_next_run(
 
     monkeypatch.setattr(atomic, "publish", killed_after_first_rename)
     with pytest.raises(KeyboardInterrupt):
-        predict_job(make_cfg(), clip, out, model=predictor)
+        predict_job(make_cfg(), source, out, model=predictor)
     monkeypatch.undo()
-    assert (out / "clip.predictions.jsonl").exists() and not (out / "clip.mp4").exists()
+    sub = out / "sub"
+    assert (sub / "clip.predictions.jsonl").exists() and not (sub / "clip.mp4").exists()
     with OutputLock(out):  # the next run's lock completes the commit
-        assert open_video(out / "clip.mp4").frame_count == 3
+        assert open_video(sub / "clip.mp4").frame_count == 3
 
-    again = predict_job(make_cfg(), clip, out, model=predictor, existing="skip")
+    again = predict_job(make_cfg(), source, out, model=predictor, existing="skip")
     assert again.ok == 1  # no record of it was made before the kill: predicted again
-    assert open_video(out / "clip.mp4").frame_count == 3
-    reference = read_jsonl(tmp_path / "ref" / "clip.predictions.jsonl")
-    assert read_jsonl(out / "clip.predictions.jsonl") == reference
-    leftovers = [p.name for p in out.iterdir() if ".instseg-tmp-" in p.name or "commit" in p.name]
+    assert open_video(sub / "clip.mp4").frame_count == 3
+    reference = read_jsonl(tmp_path / "ref" / "sub" / "clip.predictions.jsonl")
+    assert read_jsonl(sub / "clip.predictions.jsonl") == reference
+    leftovers = [p.name for p in out.rglob("*") if ".instseg-tmp-" in p.name or "commit" in p.name]
     assert leftovers == [] and not (out / ".instseg-parts").exists()
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,10 +122,13 @@ class VideoPaths:
 
 class _VideoFiles:
     """One video's output files, written under temporary names and published together (or,
-    killed between two renames, by the next run's lock)."""
+    killed between two renames, by the next run's lock, which reads the journals at the top
+    of ``output_dir``)."""
 
-    def __init__(self, settings: PredictSettings, source: VideoSource, paths: VideoPaths):
-        self.paths, self.stride = paths, settings.video.stride
+    def __init__(
+        self, settings: PredictSettings, source: VideoSource, paths: VideoPaths, output_dir: Path
+    ):
+        self.paths, self.stride, self.output_dir = paths, settings.video.stride, output_dir
         self.writer = None
         if settings.video.render:
             self.writer = VideoWriter(
@@ -167,8 +171,10 @@ class _VideoFiles:
             ]
         if written is not None:
             pairs.append((self.writer.temp_file, self.paths.video))
-        folder = self.paths.predictions.parent
-        commit_together(pairs, commit_journal(folder, self.paths.predictions.name))
+        # Named by the JSONL's path below the output folder: same-named videos of two
+        # subfolders keep apart.
+        name = os.path.relpath(self.paths.predictions, self.output_dir)
+        commit_together(pairs, commit_journal(self.output_dir, Path(name).as_posix()))
         if overwrite:
             # An earlier run's files that this one did not write would contradict the new
             # predictions: its tracks (now untracked), its annotated video (now unrendered).
@@ -273,7 +279,7 @@ def predict_video(
         result.fps, result.width, result.height = source.fps, source.width, source.height
         result.source_bytes = path.stat().st_size
         paths.video.parent.mkdir(parents=True, exist_ok=True)
-        files = _VideoFiles(settings, source, paths)
+        files = _VideoFiles(settings, source, paths, Path(output_dir))
         total = expected_frames(source, settings.video)
         with tqdm(
             total=total, desc=path.name, unit="frame", disable=not progress, dynamic_ncols=True
