@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from instseg.inference.job import ERROR, IMAGE, OK, VIDEO, Job, Task
+from instseg.inference.job import ERROR, OK, Job, Task, task_record
 from instseg.inference.model import instances_to_draw
 from instseg.inference.pipeline import Frame, StageClock
 from instseg.inference.records import coco_results, semantic_results
@@ -79,7 +79,7 @@ class ImageSink:
     def write(self, frame: Frame) -> None:
         start = time.perf_counter()
         task: Task = frame.tag
-        record = self._record(task, IMAGE)
+        record = task_record(task, self.job.config_digest)
         if frame.error is None:
             try:
                 record |= self._write_outputs(frame, task)
@@ -97,7 +97,7 @@ class ImageSink:
     def add_video(self, task: Task, result, error: str | None) -> None:
         """The part-file line of a video :func:`~instseg.inference.video_sink.predict_video` has
         finished (``result``, a ``VideoResult``) or failed on (``error``, one line)."""
-        record = self._record(task, VIDEO)
+        record = task_record(task, self.job.config_digest)
         if error is not None:
             record |= {"status": ERROR, "instances": 0, "error": error, "time_ms": None}
         else:
@@ -113,15 +113,6 @@ class ImageSink:
             }
         self.part.write(record)
         self._count(record, bar=False)
-
-    def _record(self, task: Task, kind: str) -> dict:
-        return {
-            "index": task.index,
-            "path": task.rel,
-            "kind": kind,
-            "identity": list(task.identity),
-            "config": self.job.config_digest,
-        }
 
     def _write_outputs(self, frame: Frame, task: Task) -> dict:
         image, instances = frame.image, frame.instances

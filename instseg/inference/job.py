@@ -161,6 +161,18 @@ class Task:
         return self.outputs.get("panels")
 
 
+def task_record(task: Task, digest: str) -> dict:
+    """The fields every part-file record of ``task`` starts with, whoever writes it: the input,
+    its identity when planned and the digest of the config its result is made with."""
+    return {
+        "index": task.index,
+        "path": task.rel,
+        "kind": task.kind,
+        "identity": list(task.identity),
+        "config": digest,
+    }
+
+
 @dataclass(frozen=True)
 class PriorEntry:
     """Where an earlier run's record of an input is: a part-file line or the final files."""

@@ -25,6 +25,7 @@ from instseg.inference.job import (
     Job,
     PriorEntry,
     Task,
+    task_record,
 )
 from instseg.io.writers import iter_json_lines, iter_json_list, read_json_line
 
@@ -127,11 +128,7 @@ def prior_record(job: Job, task: Task, entry: PriorEntry) -> dict:
     for result in results:
         result["image_id"] = task.image_id
     return {
-        "index": task.index,
-        "path": task.rel,
-        "identity": list(task.identity),
-        "config": job.config_digest,
-        "kind": task.kind,
+        **task_record(task, job.config_digest),
         "status": SKIPPED,
         "instances": len(results),
         "time_ms": None,
@@ -149,11 +146,7 @@ def _prior_video_record(job: Job, task: Task, entry: PriorEntry) -> dict:
     counts = {key: earlier.get(key) for key in ("frames", "instances", "tracks")}
     return {
         **{key: int(value) if value not in (None, "") else None for key, value in counts.items()},
-        "index": task.index,
-        "path": task.rel,
-        "kind": task.kind,
-        "identity": list(task.identity),
-        "config": job.config_digest,
+        **task_record(task, job.config_digest),
         "status": SKIPPED,
         "time_ms": None,
         "error": None,

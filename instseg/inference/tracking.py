@@ -141,11 +141,6 @@ class Tracker:
         return ids
 
 
-def build_tracker(options: TrackOptions, width: int, height: int) -> Tracker | None:
-    """A tracker for one video of the given frame size, or None when tracking is off."""
-    return Tracker(options, width, height) if options.enabled else None
-
-
 class VideoTracker:
     """Track ids for the frames of a stream of videos, in order: ids start again from 1 with
     each video (a new path, or a frame index that goes back). The predict job's track stage
