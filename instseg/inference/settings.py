@@ -52,7 +52,7 @@ class PredictSettings:
     max_pixels: int  # INSTSEG.MAX_IMAGE_PIXELS
 
     @classmethod
-    def from_cfg(cls, cfg: CfgNode, check_checkpoint: bool = True) -> PredictSettings:
+    def from_cfg(cls, cfg: CfgNode) -> PredictSettings:
         """Read and check every setting (a bad value is a ConfigError naming its key), and the
         checkpoint's contents, before any model loads or file is written."""
         semantic = is_semantic(cfg)
@@ -60,8 +60,7 @@ class PredictSettings:
         if tiles.enabled and semantic:
             raise ConfigError("INSTSEG.PREDICT.TILES: tiling is for instance models")
         metadata = build_metadata(cfg)
-        if check_checkpoint:
-            check_weights(cfg.MODEL.WEIGHTS)
+        check_weights(cfg.MODEL.WEIGHTS)
         return cls(
             cfg=cfg,
             digest=config_digest(cfg),
